@@ -1,0 +1,2 @@
+"""Pages for this part arrive with their work; see collection/urls.py."""
+urlpatterns = []
