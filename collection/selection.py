@@ -1,0 +1,88 @@
+"""Which dialogues a filter picks: one definition shared by the review queue, bulk actions, the API and exports.
+
+A spec is a plain dict (it is stored on Export rows and passed in query strings):
+  seed_set (id), run (id), status ("undecided"|"approved"|"rejected"|"disputed"|"all"),
+  flag ("any" | "none" | a rule name), min_turns, max_turns, min_length, max_length (characters), q (text search).
+"""
+from django.conf import settings
+from django.contrib.postgres.search import SearchQuery, SearchVector
+from django.db.models import Exists, OuterRef
+
+from collection.models import Dialogue, DialogueFlag
+
+SPEC_KEYS = ("seed_set", "run", "status", "flag", "min_turns", "max_turns", "min_length", "max_length", "q")
+INT_KEYS = ("seed_set", "run", "min_turns", "max_turns", "min_length", "max_length")
+STATUSES = [value for value, _ in Dialogue.Status.choices]
+SEARCH_CONFIG = "english"
+# Full-text search goes through this exact expression so Postgres can use the GIN index built on it.
+SEARCH_VECTOR = SearchVector("search_document", config=SEARCH_CONFIG)
+
+
+class SelectionError(ValueError):
+    """Names the filter field that is wrong."""
+
+
+def clean_spec(raw):
+    """Validate a filter spec (from a form, query string or stored export) into typed values; drop blanks."""
+    spec = {}
+    for key in SPEC_KEYS:
+        value = raw.get(key)
+        if value is None or value == "":
+            continue
+        if key in INT_KEYS:
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise SelectionError(f"{key}: {value!r} is not a whole number") from None
+            if value < 0:
+                raise SelectionError(f"{key}: must not be negative")
+        elif key == "status":
+            if value != "all" and value not in STATUSES:
+                raise SelectionError(f"status: {value!r} is not one of all, {', '.join(STATUSES)}")
+        else:
+            value = str(value).strip()
+            if len(value) > 500:
+                raise SelectionError(f"{key}: longer than 500 characters")
+            if not value:
+                continue
+        spec[key] = value
+    return spec
+
+
+def select_dialogues(spec, queryset=None):
+    """Dialogues matching a cleaned spec (see clean_spec)."""
+    qs = Dialogue.objects.all() if queryset is None else queryset
+    if "seed_set" in spec:
+        qs = qs.filter(seed_set_id=spec["seed_set"])
+    if "run" in spec:
+        qs = qs.filter(run_id=spec["run"])
+    status = spec.get("status", "all")
+    if status != "all":
+        qs = qs.filter(status=status)
+    flag = spec.get("flag")
+    if flag == "any":
+        qs = qs.filter(is_flagged=True)
+    elif flag == "none":
+        qs = qs.filter(is_flagged=False)
+    elif flag:
+        qs = qs.filter(Exists(DialogueFlag.objects.filter(dialogue=OuterRef("pk"), rule=flag)))
+    if "min_turns" in spec:
+        qs = qs.filter(num_turns__gte=spec["min_turns"])
+    if "max_turns" in spec:
+        qs = qs.filter(num_turns__lte=spec["max_turns"])
+    if "min_length" in spec:
+        qs = qs.filter(length_chars__gte=spec["min_length"])
+    if "max_length" in spec:
+        qs = qs.filter(length_chars__lte=spec["max_length"])
+    if spec.get("q"):
+        qs = text_search(qs, spec["q"])
+    return qs
+
+
+def text_search(qs, query):
+    """Postgres full-text search; on the embedded SQLite demo, a plain substring match."""
+    if settings.IS_POSTGRES:
+        return qs.annotate(search=SEARCH_VECTOR).filter(
+            search=SearchQuery(query, config=SEARCH_CONFIG, search_type="websearch")
+        )
+    return qs.filter(search_document__icontains=query)
