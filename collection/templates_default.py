@@ -24,3 +24,19 @@ def default_template_fields(mode):
     if mode == "turns":
         return {"mode": "turns", "prompt": HUMAN_PROMPT, "assistant_system_prompt": ASSISTANT_SYSTEM_PROMPT}
     return {"mode": "transcript", "prompt": TRANSCRIPT_PROMPT, "assistant_system_prompt": ""}
+
+
+def ensure_default_templates():
+    """The built-in templates as version 1 rows, created once; later edits become new versions."""
+    from collection.models import SelfChatTemplate
+
+    for name, mode in (("baize-transcript", "transcript"), ("baize-turns", "turns")):
+        SelfChatTemplate.objects.get_or_create(name=name, version=1, defaults=default_template_fields(mode))
+
+
+def latest_template(mode):
+    """The newest version of the default template for a mode (creating the defaults when missing)."""
+    from collection.models import SelfChatTemplate
+
+    ensure_default_templates()
+    return SelfChatTemplate.objects.filter(mode=mode).order_by("-created_at", "-version").first()
