@@ -175,6 +175,20 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Seeds, self-chat generation runs, dialogues, review events and exports.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Requests get their own components, so an upload is typed as a binary file (not a URL) in the schema.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a "status"/"action"/"format"/"mode" field with different choices: name each set.
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "collection.models.JobStatus",
+        "DialogueStatusEnum": "collection.models.Dialogue.Status",
+        "ReviewActionEnum": "collection.models.ReviewEvent.Action",
+        "ExportFormatEnum": "collection.models.Export.Format",
+        "GenerationModeEnum": "collection.models.GenerationRun.Mode",
+        "TemplateModeEnum": "collection.models.SelfChatTemplate.Mode",
+        "SeedFileFormatEnum": "collection.api.serializers.SEED_FORMATS",
+        "BulkReviewActionEnum": "collection.api.serializers.BULK_ACTIONS",
+        "SelectionStatusEnum": "collection.api.serializers.SELECTION_STATUSES",
+    },
 }
 
 LOGGING = {

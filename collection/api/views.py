@@ -1,0 +1,445 @@
+"""The REST API: seeds, imports, endpoints, prices, templates, generation runs, dialogues, review and exports.
+
+Every list is paginated (?limit=&offset=, at most 500 a page), filtered and ordered (?ordering=). Reviewers (and
+admins) may use it; raters and users without a role get 403, anonymous callers 401. Authenticate with a session
+or with `Authorization: Token <key>` (POST /api/auth/token/ with username and password gives the key).
+
+Views authorize, check the request's shape, call a service and respond; the rules live in the services.
+"""
+import json
+import os
+import posixpath
+
+from django.core.files.storage import default_storage
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.http import FileResponse
+from django.shortcuts import get_object_or_404
+from django.utils.text import get_valid_filename
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from rest_framework import generics, mixins, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException, NotAuthenticated, ValidationError
+from rest_framework.filters import OrderingFilter
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
+from django_filters.rest_framework import DjangoFilterBackend
+
+from baize_eval.llm.models import Endpoint, ModelPrice
+from baize_eval.roles import IsReviewer
+from collection.api import filters, serializers as s
+from collection.api.permissions import ReviewerReadsAdminWrites
+from collection.models import (
+    Dialogue,
+    DialogueFlag,
+    Export,
+    GenerationRun,
+    Import,
+    RejectReason,
+    ReviewEvent,
+    Seed,
+    SeedSet,
+    SelfChatTemplate,
+)
+
+
+class BinaryRenderer(BaseRenderer):
+    """Lets a download be asked for as application/octet-stream; errors still go out as JSON text."""
+
+    media_type = "application/octet-stream"
+    format = "bin"
+    charset = None
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return data if isinstance(data, bytes) else json.dumps(data).encode()
+
+
+class Pagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The object changed or is in a state that does not allow this."
+    default_code = "conflict"
+
+
+class ReviewerAPI:
+    """Reviewer role (admins too); paginated, filterable, orderable."""
+
+    permission_classes = [IsReviewer]
+    pagination_class = Pagination
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+
+
+CONFLICT_RESPONSE = OpenApiResponse(
+    response=inline_serializer("ConflictError", {"detail": serializers.CharField()}),
+    description="The object changed since you read it, or its state does not allow the action.",
+)
+
+
+# --- Auth -------------------------------------------------------------------------------------------------
+@extend_schema_view(
+    post=extend_schema(
+        summary="Get your API token",
+        description="Send username and password (JSON or form); use the key as `Authorization: Token <key>`.",
+        responses={200: inline_serializer("TokenResponse", {"token": serializers.CharField()})},
+        auth=[],
+    ),
+    delete=extend_schema(summary="Revoke your API token", request=None, responses={204: None}),
+)
+class TokenView(ObtainAuthToken):
+    def delete(self, request):
+        if not request.user.is_authenticated:
+            raise NotAuthenticated()
+        Token.objects.filter(user=request.user).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Seeds ------------------------------------------------------------------------------------------------
+def count_of(model, field):
+    rows = model.objects.filter(**{field: OuterRef("pk")}).order_by().values(field).annotate(n=Count("*")).values("n")
+    return Coalesce(Subquery(rows, output_field=IntegerField()), Value(0))
+
+
+class SeedSetViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
+                     viewsets.GenericViewSet):
+    """Seed sets: name, source, tags, with how many seeds and dialogues each holds."""
+
+    serializer_class = s.SeedSetSerializer
+    filterset_class = filters.SeedSetFilter
+    ordering_fields = ["id", "name", "created_at"]
+    ordering = ["name"]
+
+    def get_queryset(self):
+        return SeedSet.objects.select_related("created_by").annotate(
+            seed_count=count_of(Seed, "seed_set"), dialogue_count=count_of(Dialogue, "seed_set"))
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        seed_set = serializer.save(created_by=request.user)
+        data = self.get_serializer(self.get_queryset().get(pk=seed_set.pk)).data
+        return Response(data, status=status.HTTP_201_CREATED)
+
+
+class SeedViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Seeds of every set; ?seed_set=<id> picks one set (or use /api/seed-sets/<id>/seeds/)."""
+
+    queryset = Seed.objects.all()
+    serializer_class = s.SeedSerializer
+    filterset_class = filters.SeedFilter
+    ordering_fields = ["id"]
+    ordering = ["id"]
+
+
+class SeedSetSeedsView(ReviewerAPI, generics.ListAPIView):
+    """The seeds of one seed set."""
+
+    serializer_class = s.SeedSerializer
+    filterset_class = filters.SeedFilter
+    ordering_fields = ["id"]
+    ordering = ["id"]
+
+    queryset = Seed.objects.none()  # for the schema; the real one depends on the URL
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        seed_set = get_object_or_404(SeedSet, pk=self.kwargs["seed_set_id"])
+        return Seed.objects.filter(seed_set=seed_set)
+
+
+class SeedImportViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
+                        viewsets.GenericViewSet):
+    """Seed imports: upload a file to start one; read its status, counts and bad-row report."""
+
+    queryset = Import.objects.filter(kind=Import.Kind.SEEDS).select_related("seed_set", "created_by")
+    filterset_class = filters.ImportFilter
+    ordering_fields = ["id", "created_at"]
+    ordering = ["-id"]
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_serializer_class(self):
+        return s.SeedImportCreateSerializer if self.action == "create" else s.ImportSerializer
+
+    @extend_schema(request=s.SeedImportCreateSerializer, responses={201: s.ImportSerializer})
+    def create(self, request, *args, **kwargs):
+        from collection.seeding import seed_import_start
+
+        serializer = s.SeedImportCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        upload = data["file"]
+        filename = get_valid_filename(posixpath.basename(upload.name)) or "upload"
+        stored = default_storage.save(f"imports/{filename}", upload)
+        job = seed_import_start(
+            path=default_storage.path(stored), seed_set_name=data["seed_set"], column=data.get("column") or None,
+            fmt=data.get("format") or None, skip_bad=data["skip_bad"], filename=filename,
+            source=data.get("source", ""), tags=tuple(data.get("tags", ())), created_by=request.user,
+        )
+        job.refresh_from_db()
+        return Response(s.ImportSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+# --- Endpoints, prices, templates, reasons ----------------------------------------------------------------
+class EndpointViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
+                      mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """OpenAI-compatible endpoints. Shows the NAME of the key's environment variable and whether it is set,
+    never the key. Reviewers read; admins create and change."""
+
+    queryset = Endpoint.objects.all()
+    serializer_class = s.EndpointSerializer
+    permission_classes = [ReviewerReadsAdminWrites]
+    filterset_fields = ["name"]
+    ordering_fields = ["id", "name"]
+    ordering = ["name"]
+
+
+class ModelPriceViewSet(ReviewerAPI, viewsets.ModelViewSet):
+    """The price table (USD per million tokens, by model name). Reviewers read; admins write."""
+
+    queryset = ModelPrice.objects.all()
+    serializer_class = s.ModelPriceSerializer
+    permission_classes = [ReviewerReadsAdminWrites]
+    filterset_class = filters.ModelPriceFilter
+    ordering_fields = ["id", "model", "updated_at"]
+    ordering = ["model"]
+
+
+class TemplateViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
+                      viewsets.GenericViewSet):
+    """Self-chat templates. Templates are never changed in place: creating one with an existing name makes its
+    next version, so dialogues keep pointing at the exact version they were generated with."""
+
+    queryset = SelfChatTemplate.objects.select_related("created_by")
+    serializer_class = s.TemplateSerializer
+    filterset_fields = ["name", "mode", "version"]
+    ordering_fields = ["id", "name", "version", "created_at"]
+    ordering = ["name", "-version"]
+
+    def perform_create(self, serializer):
+        from collection.services import template_new_version
+
+        serializer.instance = template_new_version(created_by=self.request.user, **serializer.validated_data)
+
+
+class RejectReasonViewSet(ReviewerAPI, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The reason codes a reject may name."""
+
+    queryset = RejectReason.objects.all()
+    serializer_class = s.RejectReasonSerializer
+    filterset_fields = ["active"]
+    ordering_fields = ["code"]
+    ordering = ["code"]
+
+
+# --- Generation runs --------------------------------------------------------------------------------------
+class GenerationRunViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
+                           viewsets.GenericViewSet):
+    """Self-chat generation runs: start one, follow its progress (done, failed, in flight, tokens, cost, ETA),
+    pause, resume, cancel, or put its failed seeds back in the queue."""
+
+    queryset = GenerationRun.objects.select_related("seed_set", "endpoint", "template", "created_by")
+    filterset_class = filters.GenerationRunFilter
+    ordering_fields = ["id", "created_at", "status"]
+    ordering = ["-id"]
+
+    def get_serializer_class(self):
+        if self.action == "create":
+            return s.GenerationRunCreateSerializer
+        if self.action == "list":
+            return s.GenerationRunSerializer
+        return s.GenerationRunDetailSerializer
+
+    @extend_schema(request=s.GenerationRunCreateSerializer, responses={201: s.GenerationRunDetailSerializer})
+    def create(self, request, *args, **kwargs):
+        from collection.services import generation_run_start
+
+        serializer = s.GenerationRunCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        data["params"] = dict(data.get("params") or {})
+        run = generation_run_start(created_by=request.user, **data)
+        run = self.get_queryset().get(pk=run.pk)
+        return Response(s.GenerationRunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    def _lifecycle(self, service_name):
+        from collection import services
+
+        run = self.get_object()
+        try:
+            getattr(services, service_name)(run=run)
+        except services.RunStateError as error:
+            raise Conflict(str(error)) from None
+        return Response(s.GenerationRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._lifecycle("generation_run_pause")
+
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._lifecycle("generation_run_resume")
+
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._lifecycle("generation_run_cancel")
+
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @action(detail=True, methods=["post"], url_path="retry-failed")
+    def retry_failed(self, request, pk=None):
+        return self._lifecycle("generation_run_retry_failed")
+
+
+# --- Dialogues and review ---------------------------------------------------------------------------------
+LIST_DEFERRED = ("turns", "original_turns", "raw_output", "generation", "search_document")
+
+
+class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Dialogues, filtered exactly like the review queue; one dialogue with its current and original turns,
+    flags, generation metadata and version. Review actions: POST /api/dialogues/<id>/review/."""
+
+    filter_backends = [filters.DialogueSelectionFilter, OrderingFilter]
+    ordering_fields = ["id", "num_turns", "length_chars", "created_at", "updated_at", "status"]
+    ordering = ["id"]
+
+    def get_queryset(self):
+        flags = DialogueFlag.objects.only("id", "dialogue_id", "rule", "reason")
+        qs = Dialogue.objects.prefetch_related(Prefetch("flags", queryset=flags))
+        if self.action == "list":
+            return qs.defer(*LIST_DEFERRED)
+        return qs.select_related("seed", "seed_set", "lease_holder")
+
+    def get_serializer_class(self):
+        return s.DialogueSerializer if self.action == "list" else s.DialogueDetailSerializer
+
+    @extend_schema(request=s.ReviewActionSerializer,
+                   responses={201: s.ReviewResultSerializer, 409: CONFLICT_RESPONSE},
+                   summary="Approve, reject, edit a turn, truncate, or undo",
+                   description="Send the dialogue version you saw as expected_version; if someone changed the "
+                               "dialogue since, nothing is written and the answer is 409 with who changed it.")
+    @action(detail=True, methods=["post"])
+    def review(self, request, pk=None):
+        from collection import review
+
+        dialogue = self.get_object()
+        serializer = s.ReviewActionSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        act = data["action"]
+        common = {"dialogue": dialogue, "actor": request.user, "expected_version": data["expected_version"]}
+        try:
+            if act == "approve":
+                event = review.review_approve(note=data.get("note", ""), **common)
+            elif act == "reject":
+                event = review.review_reject(reasons=data["reasons"], note=data.get("note", ""), **common)
+            elif act == "edit":
+                event = review.review_edit_turn(turn_index=data["turn_index"], text=data["text"], **common)
+            elif act == "truncate":
+                event = review.review_truncate(turn_index=data["turn_index"], **common)
+            else:
+                event = review.review_undo(**common)
+        except review.ReviewConflict as error:
+            raise Conflict(str(error)) from None
+        except review.ReviewError as error:
+            raise ValidationError(review_error_detail(error)) from None
+        dialogue = self.get_queryset().get(pk=dialogue.pk)
+        return Response({"event": s.ReviewEventSerializer(event).data,
+                         "dialogue": s.DialogueDetailSerializer(dialogue).data}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=s.BulkReviewSerializer, responses={200: s.BulkReviewResultSerializer},
+                   summary="Approve or reject every dialogue a filter selects",
+                   description="One review event per dialogue; dialogues leased by another reviewer are skipped.")
+    @action(detail=False, methods=["post"], url_path="bulk-review")
+    def bulk_review(self, request):
+        from collection import review
+
+        serializer = s.BulkReviewSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        spec = filters.clean_selection(data["filter"])
+        try:
+            count = review.review_bulk(spec=spec, actor=request.user, action=data["action"],
+                                       reasons=tuple(data.get("reasons", ())))
+        except review.ReviewError as error:
+            raise ValidationError(review_error_detail(error)) from None
+        return Response({"count": count})
+
+
+def review_error_detail(error):
+    field = getattr(error, "field", None)
+    return {field: [str(error)]} if field else {"non_field_errors": [str(error)]}
+
+
+class ReviewEventViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Review events (immutable): who did what to which dialogue, with the state before and after."""
+
+    queryset = ReviewEvent.objects.select_related("actor")
+    serializer_class = s.ReviewEventSerializer
+    filterset_class = filters.ReviewEventFilter
+    ordering_fields = ["id", "created_at"]
+    ordering = ["id"]
+
+
+class DialogueEventsView(ReviewerAPI, generics.ListAPIView):
+    """The review events of one dialogue, oldest first; ?actor=<username>&action=<action> narrow them."""
+
+    serializer_class = s.ReviewEventSerializer
+    filterset_class = filters.ReviewEventFilter
+    ordering_fields = ["id", "created_at"]
+    ordering = ["id"]
+
+    queryset = ReviewEvent.objects.none()  # for the schema; the real one depends on the URL
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return self.queryset
+        dialogue = get_object_or_404(Dialogue.objects.only("id"), pk=self.kwargs["dialogue_id"])
+        return ReviewEvent.objects.filter(dialogue=dialogue).select_related("actor")
+
+
+# --- Exports ----------------------------------------------------------------------------------------------
+class ExportViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin, mixins.RetrieveModelMixin,
+                    viewsets.GenericViewSet):
+    """Corpus exports: start one with the queue's filters and export options, follow it, download the file."""
+
+    queryset = Export.objects.select_related("created_by")
+    filterset_class = filters.ExportFilter
+    ordering_fields = ["id", "created_at"]
+    ordering = ["-id"]
+
+    def get_serializer_class(self):
+        return s.ExportCreateSerializer if self.action == "create" else s.ExportSerializer
+
+    @extend_schema(request=s.ExportCreateSerializer, responses={201: s.ExportSerializer})
+    def create(self, request, *args, **kwargs):
+        from collection.exporting import export_start
+
+        serializer = s.ExportCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        spec = dict(serializer.validated_data)
+        fmt = spec.pop("format")
+        filters.clean_selection(spec)  # same checks as the queue's filters
+        export = export_start(fmt=fmt, spec=spec, created_by=request.user)
+        export.refresh_from_db()
+        return Response(s.ExportSerializer(export).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 409: CONFLICT_RESPONSE},
+                   summary="Download the exported file")
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, BinaryRenderer])
+    def download(self, request, pk=None):
+        export = self.get_object()
+        if export.status != "succeeded" or not export.path:
+            raise Conflict(f"Export {export.pk} is {export.status}; the file is there once it has succeeded.")
+        handle = default_storage.open(export.path, "rb")
+        return FileResponse(handle, as_attachment=True, filename=os.path.basename(export.path))
