@@ -118,6 +118,11 @@ class Import(Job):
 
     kind = models.CharField(max_length=10, choices=Kind.choices)
     seed_set = models.ForeignKey(SeedSet, null=True, blank=True, on_delete=models.SET_NULL, related_name="imports")
+    # The set is named here and created (or added to) only when the import succeeds, so a failed import leaves
+    # no empty seed set behind.
+    seed_set_name = models.CharField(max_length=200, blank=True)
+    seed_set_source = models.CharField(max_length=200, blank=True, help_text="Source for a new seed set.")
+    seed_set_tags = models.JSONField(default=list, blank=True, help_text="Tags added to the seed set.")
     filename = models.CharField(max_length=500)
     path = models.CharField(max_length=1000, blank=True, help_text="Artifact path of an uploaded file.")
     format = models.CharField(max_length=20, blank=True)
