@@ -3,3 +3,11 @@
 Queues: `generation` (LLM calls, I/O bound), `default` (imports, exports, sweeps), `gpu` (later: training).
 """
 from celery import shared_task
+
+
+@shared_task(name="collection.import_seeds", queue="default")
+def import_seeds(import_id):
+    """Run one queued seed import (collection.seeding); the Import row holds status, counts and the report."""
+    from collection.seeding import seed_import_execute
+
+    seed_import_execute(import_id)
