@@ -1,0 +1,419 @@
+"""Automatic filters: named rules that flag suspect dialogues with a reason, and never delete anything.
+
+What a user gets: every generated or imported dialogue is checked for malformed output, too few turns, truncation
+(finish_reason=length), refusal boilerplate, the wrong language, near-copies of its own seed, and near-duplicates
+within the corpus; each hit is a DialogueFlag row (rule + reason) shown in the review queue, counted per run, and
+excludable from exports.
+
+The checks themselves (check_dialogue, near_duplicate_groups) are plain Python with no Django, so the generation
+driver, the importer and the export can reuse them; flag_dialogue, flag_near_duplicates and filter_counts are the
+thin database layer, correct on Postgres and on the embedded SQLite demo.
+"""
+import re
+import threading
+import zlib
+
+import numpy as np
+
+RULES = {
+    "malformed": "The output could not be parsed into turns cleanly, has no turns, or has an empty turn.",
+    "too_few_turns": "Fewer turns (human + AI) than the run's minimum.",
+    "truncated": "The model stopped at its token limit (finish_reason=length), so the last turn may be cut off.",
+    "refusal": "An AI turn contains refusal boilerplate such as \"As an AI language model\".",
+    "wrong_language": "The AI turns are confidently in another language than the run's.",
+    "near_duplicate": "Near-copy (MinHash) of a dialogue with a lower id in the same corpus.",
+    "echoes_seed": "The AI turns add almost nothing beyond the seed text.",
+}
+NEAR_DUPLICATE = "near_duplicate"
+
+# Refusal boilerplate, matched case-insensitively in AI turns (after folding curly apostrophes). Phrases, not
+# single words: "sorry" or "cannot" alone are ordinary in helpful answers.
+REFUSAL_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
+    r"\bas an ai(?: language)? model\b",
+    r"\bas a (?:large )?language model\b",
+    r"\bas an ai(?: assistant)?,? i (?:cannot|can't|can not|am not able|am unable|don't|do not)\b",
+    r"\bi(?:'m| am) (?:just |only )?an ai(?: language model| assistant)?,? (?:and |so )?i? ?(?:cannot|can't|can not|"
+    r"am not able|am unable|don't|do not)\b",
+    r"\bi(?:'m| am) (?:very |so |really )?sorry,? but i (?:cannot|can't|can not|am unable|am not able|won't|will not)\b",
+    r"\bi (?:cannot|can't|am unable to|am not able to) (?:provide|assist|help|comply) with (?:that|this|your request)\b",
+    r"\bi don't have (?:personal )?(?:opinions|feelings|emotions|beliefs|preferences)\b",
+    r"\bi do not have (?:personal )?(?:opinions|feelings|emotions|beliefs|preferences)\b",
+    # French, German, Spanish, Chinese: the same boilerplate in the languages teams collect in.
+    r"\ben tant qu(?:e |')(?:mod[eè]le de langage|ia|intelligence artificielle|assistant ia)\b",
+    r"\bje suis d[ée]sol[ée]e?,? mais je ne (?:peux|suis pas en mesure)\b",
+    r"\bals (?:ki|k\.i\.|ki-sprachmodell|sprachmodell|künstliche intelligenz)\b",
+    r"\bes tut mir leid,? aber ich (?:kann|darf)\b[^.!?\n]{0,40}?\b(?:nicht|keine[nmrs]?)\b",
+    r"\bcomo (?:un )?(?:modelo de lenguaje|ia|inteligencia artificial)\b",
+    r"\blo siento,? pero no puedo\b",
+    r"作为一个?(?:人工智能|AI|语言模型|AI语言模型|AI助手)",
+    r"(?:抱歉|对不起|很抱歉)[，,]?\s*(?:但)?我(?:不能|无法|没有办法)",
+)]
+
+# wrong_language: judge only text long enough for a language identifier to be right, and flag only when it is
+# confident the text is NOT the expected language (short or mixed text stays unflagged).
+LANGUAGE_MIN_CHARS = 40
+LANGUAGE_MAX_CHARS = 5000  # the first few thousand characters tell the language; longer costs time for nothing
+LANGUAGE_MIN_TOP = 0.5
+LANGUAGE_MAX_EXPECTED = 0.05
+
+# echoes_seed: share of the AI text's word pairs that are copied from the seed.
+ECHO_THRESHOLD = 0.8
+
+# near_duplicate: word shingles hashed into MinHash signatures (datasketch's "affine32" scheme, computed for many
+# dialogues at once with numpy), candidates from MinHashLSH, confirmed by the estimated Jaccard.
+SHINGLE_WORDS = 3
+MINHASH_SEED = 1
+MINHASH_SCHEME = "affine32"
+LSH_WEIGHTS = (0.05, 0.95)  # (false candidates, missed pairs)
+
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+# One token per word; CJK scripts have no spaces, so each of their characters is a token.
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+_FENCED_CODE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure checks
+
+
+def tokens(text):
+    return _TOKEN.findall(text.casefold())
+
+
+def word_shingles(words, size):
+    """Consecutive word tuples; a text shorter than `size` is one shingle of all its words."""
+    if len(words) < size:
+        return {tuple(words)} if words else set()
+    return {tuple(words[i:i + size]) for i in range(len(words) - size + 1)}
+
+
+def _ai_text(turns):
+    return "\n".join(t.get("text", "") for t in turns if isinstance(t, dict) and t.get("role") == "ai")
+
+
+def _dialogue_text(turns):
+    return "\n".join(t.get("text", "") for t in turns if isinstance(t, dict) and isinstance(t.get("text"), str))
+
+
+class _LanguageIdentifier:
+    """py3langid's model, loaded once per process on first use (it takes most of a second)."""
+
+    _lock = threading.Lock()
+    _identifier = None
+
+    @classmethod
+    def get(cls):
+        if cls._identifier is None:
+            with cls._lock:
+                if cls._identifier is None:
+                    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+                    cls._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        return cls._identifier
+
+
+def detect_language(text):
+    """(language code, probability, {code: probability}) for text, code blocks removed; None if too short."""
+    prose = _INLINE_CODE.sub(" ", _FENCED_CODE.sub(" ", text))
+    prose = " ".join(prose.split())[:LANGUAGE_MAX_CHARS]
+    if len(prose) < LANGUAGE_MIN_CHARS:
+        return None
+    ranked = _LanguageIdentifier.get().rank(prose)
+    top, probability = ranked[0]
+    return top, float(probability), {code: float(p) for code, p in ranked}
+
+
+def _check_language(ai_text, language):
+    expected = (language or "").split("-")[0].split("_")[0].lower()
+    if not expected:
+        return None
+    detected = detect_language(ai_text)
+    if detected is None:
+        return None
+    top, probability, probabilities = detected
+    if expected not in probabilities:
+        return None  # a language the identifier does not know: no basis to judge
+    if top != expected and probability >= LANGUAGE_MIN_TOP and probabilities[expected] <= LANGUAGE_MAX_EXPECTED:
+        return f"AI text looks like '{top}' (confidence {probability:.2f}), expected '{expected}'"
+    return None
+
+
+def _check_echo(ai_text, seed_text):
+    if not seed_text:
+        return None
+    ai = word_shingles(tokens(ai_text), 2)
+    if not ai:
+        return None
+    seed = word_shingles(tokens(seed_text), 2)
+    copied = len(ai & seed) / len(ai)
+    if copied >= ECHO_THRESHOLD:
+        return f"{copied:.0%} of the AI text's word pairs are copied from the seed"
+    return None
+
+
+def check_dialogue(*, turns, parse_error="", finish_reason="", seed_text="", language="en", min_turns=2):
+    """The rules a single dialogue breaks, as [(rule, reason)], in RULES order (near_duplicate is a corpus pass)."""
+    turns = turns if isinstance(turns, list) else []
+    hits = []
+    empty = [i + 1 for i, t in enumerate(turns) if not (isinstance(t, dict) and str(t.get("text") or "").strip())]
+    if parse_error:
+        hits.append(("malformed", f"parse error: {parse_error}"))
+    elif not turns:
+        hits.append(("malformed", "no turns"))
+    elif empty:
+        hits.append(("malformed", f"turn {empty[0]} is empty"))
+    if len(turns) < min_turns:
+        hits.append(("too_few_turns", f"{len(turns)} turn(s), fewer than {min_turns}"))
+    if finish_reason == "length":
+        hits.append(("truncated", "the model stopped at its token limit (finish_reason=length)"))
+    for number, turn in enumerate(turns, start=1):
+        if not (isinstance(turn, dict) and turn.get("role") == "ai" and isinstance(turn.get("text"), str)):
+            continue
+        text = turn["text"].replace("\u2019", "'")
+        match = next((m for m in (p.search(text) for p in REFUSAL_PATTERNS) if m), None)
+        if match:
+            hits.append(("refusal", f"turn {number}: \"{match.group(0)}\""))
+            break
+    ai_text = _ai_text(turns)
+    language_reason = _check_language(ai_text, language)
+    if language_reason:
+        hits.append(("wrong_language", language_reason))
+    echo_reason = _check_echo(ai_text, seed_text)
+    if echo_reason:
+        hits.append(("echoes_seed", echo_reason))
+    return hits
+
+
+def _minhash_permutations(num_perm):
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME).permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def _fmix32(hv):
+    # MurmurHash3's finalizer, as datasketch's affine32 scheme pre-mixes every input hash.
+    hv = hv ^ (hv >> np.uint32(16))
+    hv = hv * np.uint32(0x85EBCA6B)
+    hv = hv ^ (hv >> np.uint32(13))
+    hv = hv * np.uint32(0xC2B2AE35)
+    return hv ^ (hv >> np.uint32(16))
+
+
+_SHINGLE_MULTIPLIERS = (np.uint32(0x9E3779B1), np.uint32(0x85EBCA77), np.uint32(1))
+
+
+def _shingle_hashes(text):
+    """32-bit hashes of the text's word shingles: each word crc32-hashed once (stable across processes, unlike
+    hash()), consecutive words combined with odd multipliers so word order matters."""
+    words = tokens(text)
+    if not words:
+        return np.empty(0, dtype=np.uint32)
+    try:
+        encoded = list(map(str.encode, words))  # the fast path: no per-word Python frame
+    except UnicodeEncodeError:  # a lone surrogate (never from the database, but the function takes any text)
+        encoded = [w.encode("utf-8", "surrogatepass") for w in words]
+    word_hashes = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint32, count=len(words))
+    if len(words) < SHINGLE_WORDS:
+        combined = 0
+        for position, value in enumerate(word_hashes.tolist()):
+            combined = (combined * 0x01000193 + value + position) & 0xFFFFFFFF
+        return np.array([combined], dtype=np.uint32)
+    n = len(words) - SHINGLE_WORDS + 1
+    combined = np.zeros(n, dtype=np.uint32)
+    for offset, multiplier in enumerate(_SHINGLE_MULTIPLIERS[:SHINGLE_WORDS]):
+        combined += word_hashes[offset:offset + n] * multiplier
+    return combined
+
+
+def minhash_signatures(texts, *, num_perm=128):
+    """MinHash signatures (uint32 [len(texts), num_perm]) of the texts' word shingles, the values datasketch's
+    MinHash(num_perm, seed=1, scheme="affine32") gives for the same 32-bit shingle hashes; a text without words
+    gets all-max values. Many texts are hashed in one numpy pass, which is what makes 100k dialogues quick."""
+    a, b = _minhash_permutations(num_perm)
+    return _signatures(list(texts), a, b)
+
+
+# Shingles per numpy pass: the [shingles, num_perm] uint32 matrix stays around 25 MB at 128 permutations.
+_BATCH_SHINGLES = 50_000
+
+
+def _signatures(texts, a, b):
+    out = np.full((len(texts), len(a)), np.iinfo(np.uint32).max, dtype=np.uint32)
+    pending, rows = [], []
+
+    def flush():
+        if pending:
+            lengths = [len(h) for h in pending]
+            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            with np.errstate(over="ignore"):  # uint32 wraparound is the intended arithmetic mod 2^32
+                # [num_perm, shingles]: each text's shingles are contiguous in memory, which makes reduceat
+                # several times faster than the transposed layout.
+                permuted = a[:, None] * _fmix32(np.concatenate(pending))[None, :]
+                permuted += b[:, None]
+            out[rows] = np.minimum.reduceat(permuted, starts, axis=1).T
+            pending.clear()
+            rows.clear()
+
+    size = 0
+    for index, text in enumerate(texts):
+        hashes = _shingle_hashes(text)
+        if len(hashes) > _BATCH_SHINGLES:  # one very long text: fold it in slices of its own
+            for begin in range(0, len(hashes), _BATCH_SHINGLES):
+                with np.errstate(over="ignore"):
+                    permuted = _fmix32(hashes[begin:begin + _BATCH_SHINGLES])[:, None] * a[None, :] + b[None, :]
+                out[index] = np.minimum(out[index], permuted.min(axis=0))
+            continue
+        if len(hashes):
+            pending.append(hashes)
+            rows.append(index)
+            size += len(hashes)
+        if size >= _BATCH_SHINGLES:
+            flush()
+            size = 0
+    flush()
+    return out
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent = {}
+
+    def find(self, key):
+        root = key
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while key != root:  # path compression
+            self.parent[key], key = root, self.parent.get(key, key)
+        return root
+
+    def union(self, x, y):
+        rx, ry = self.find(x), self.find(y)
+        if rx != ry:
+            # The lowest id is the root, so it is the one kept.
+            low, high = (rx, ry) if rx < ry else (ry, rx)
+            self.parent[high] = low
+
+
+def near_duplicate_groups(items, *, threshold=0.85, num_perm=128, chunk=5000):
+    """{duplicate id: kept id} over an iterable of (id, text): clusters of texts whose estimated Jaccard similarity
+    of word shingles is >= threshold (transitively); the lowest id of each cluster is kept and is not a key.
+
+    Streams the items in chunks; memory is the signatures (num_perm * 4 bytes per text) plus the LSH index."""
+    from datasketch import LeanMinHash, MinHashLSH
+
+    # Band sizes weighted toward recall (datasketch's default weighs misses and false candidates equally, and
+    # misses a quarter of pairs at J=0.9 for threshold 0.85): a false candidate costs one signature comparison.
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    a, b = _minhash_permutations(num_perm)
+    signatures = {}
+    exact = {}
+    clusters = _UnionFind()
+    empty = np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+
+    def process(batch):
+        sigs = _signatures([text for _, text in batch], a, b)
+        for (key, _), sig in zip(batch, sigs):
+            if key in signatures or np.array_equal(sig, empty):
+                continue  # a repeated id, or a text without words: nothing to compare
+            fingerprint = sig.tobytes()
+            if fingerprint in exact:
+                # Same signature as one already indexed: same cluster, and indexing it too would make every later
+                # query of a big cluster of copies return all of them.
+                clusters.union(key, exact[fingerprint])
+                continue
+            exact[fingerprint] = key
+            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=sig, scheme=MINHASH_SCHEME)
+            for candidate in lsh.query(sketch):
+                if clusters.find(candidate) == clusters.find(key):
+                    continue
+                # LSH candidates are likely, not certain: confirm with the estimated Jaccard.
+                if np.count_nonzero(signatures[candidate] == sig) >= threshold * num_perm:
+                    clusters.union(key, candidate)
+            lsh.insert(key, sketch, check_duplication=False)
+            signatures[key] = sig
+
+    batch = []
+    for key, text in items:
+        batch.append((key, text or ""))
+        if len(batch) >= chunk:
+            process(batch)
+            batch = []
+    process(batch)
+    return {key: clusters.find(key) for key in list(clusters.parent) if clusters.find(key) != key}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Database layer
+
+
+def flag_dialogue(dialogue, *, language="en", min_turns=2, seed_text=None):
+    """Run the per-dialogue rules on the dialogue's current turns and store the verdict: its flags for those rules
+    are replaced (near_duplicate, owned by the corpus pass, is kept) and dialogue.is_flagged updated.
+    Returns the rules that hit. seed_text defaults to the seed's text, else the topic."""
+    from django.db import transaction
+
+    from collection.models import Dialogue, DialogueFlag
+
+    if seed_text is None:
+        seed_text = dialogue.seed.text if dialogue.seed_id else dialogue.topic
+    hits = check_dialogue(
+        turns=dialogue.turns, parse_error=dialogue.parse_error, finish_reason=dialogue.finish_reason,
+        seed_text=seed_text, language=language, min_turns=min_turns,
+    )
+    with transaction.atomic():
+        DialogueFlag.objects.filter(dialogue_id=dialogue.pk).exclude(rule=NEAR_DUPLICATE).delete()
+        DialogueFlag.objects.bulk_create(
+            DialogueFlag(dialogue_id=dialogue.pk, rule=rule, reason=reason[:500]) for rule, reason in hits
+        )
+        is_flagged = bool(hits) or DialogueFlag.objects.filter(dialogue_id=dialogue.pk, rule=NEAR_DUPLICATE).exists()
+        Dialogue.objects.filter(pk=dialogue.pk).update(is_flagged=is_flagged)
+    dialogue.is_flagged = is_flagged
+    return [rule for rule, _ in hits]
+
+
+def _dialogue_texts(queryset, chunk_size):
+    for pk, turns in queryset.order_by("pk").values_list("pk", "turns").iterator(chunk_size=chunk_size):
+        yield pk, _dialogue_text(turns if isinstance(turns, list) else [])
+
+
+def flag_near_duplicates(queryset, *, threshold=0.85, num_perm=128, chunk_size=2000):
+    """Flag near-duplicates among the dialogues in queryset (their current turns): in each cluster the lowest id
+    stays unflagged and the others get a near_duplicate flag naming it. Replaces the previous near_duplicate flags
+    of these dialogues, so re-running gives the same flags. Returns how many dialogues are flagged."""
+    from django.db import transaction
+    from django.db.models import Exists, OuterRef
+
+    from collection.models import Dialogue, DialogueFlag
+
+    groups = near_duplicate_groups(_dialogue_texts(queryset, chunk_size), threshold=threshold, num_perm=num_perm)
+    scope = queryset.values("pk")
+    with transaction.atomic():
+        previous = set(DialogueFlag.objects.filter(rule=NEAR_DUPLICATE, dialogue__in=scope)
+                       .values_list("dialogue_id", flat=True))
+        DialogueFlag.objects.filter(rule=NEAR_DUPLICATE, dialogue__in=scope).delete()
+        DialogueFlag.objects.bulk_create(
+            (DialogueFlag(dialogue_id=dup, rule=NEAR_DUPLICATE,
+                          reason=f"near-duplicate of dialogue {kept} (estimated Jaccard >= {threshold:g})")
+             for dup, kept in sorted(groups.items())),
+            batch_size=1000,
+        )
+        changed = sorted(previous | set(groups))
+        has_flag = Exists(DialogueFlag.objects.filter(dialogue=OuterRef("pk")))
+        for start in range(0, len(changed), 1000):  # bounded IN lists: SQLite caps query parameters
+            Dialogue.objects.filter(pk__in=changed[start:start + 1000]).update(is_flagged=has_flag)
+    return len(groups)
+
+
+def filter_counts(queryset):
+    """{rule: number of dialogues in queryset it flags}, every rule present (0 when none), in one GROUP BY query."""
+    from django.db.models import Count
+
+    from collection.models import DialogueFlag
+
+    counts = dict.fromkeys(RULES, 0)
+    rows = (DialogueFlag.objects.filter(dialogue__in=queryset.values("pk")).order_by()
+            .values_list("rule").annotate(n=Count("id")))
+    counts.update(dict(rows))
+    return counts
