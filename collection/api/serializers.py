@@ -60,7 +60,6 @@ class SeedSerializer(serializers.ModelSerializer):
 
 
 class ImportSerializer(serializers.ModelSerializer):
-    seed_set_name = serializers.CharField(source="seed_set.name", read_only=True, allow_null=True, default=None)
     created_by = UsernameField()
 
     class Meta:

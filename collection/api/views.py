@@ -17,7 +17,7 @@ from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import get_valid_filename
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -79,7 +79,10 @@ class ReviewerAPI:
 
 
 CONFLICT_RESPONSE = OpenApiResponse(
-    response=inline_serializer("ConflictError", {"detail": serializers.CharField()}),
+    response=inline_serializer("ConflictError", {
+        "detail": serializers.CharField(),
+        "current_version": serializers.IntegerField(required=False, help_text="Review: the dialogue's version now."),
+    }),
     description="The object changed since you read it, or its state does not allow the action.",
 )
 
@@ -302,6 +305,10 @@ class GenerationRunViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateMode
 
 
 # --- Dialogues and review ---------------------------------------------------------------------------------
+SELECTION_QUERY = [
+    OpenApiParameter(name, {"integer": int, "string": str}[kind], description=description)
+    for name, kind, description in filters.SELECTION_PARAMETERS
+]
 LIST_DEFERRED = ("turns", "original_turns", "raw_output", "generation", "search_document")
 
 
@@ -350,12 +357,36 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
             else:
                 event = review.review_undo(**common)
         except review.ReviewConflict as error:
-            raise Conflict(str(error)) from None
+            # Also the version now, so a client can reload and decide whether its change still applies.
+            return Response({"detail": str(error), "current_version": error.current_version},
+                            status=status.HTTP_409_CONFLICT)
         except review.ReviewError as error:
-            raise ValidationError(review_error_detail(error)) from None
+            raise ValidationError(field_error(error, s.ReviewActionSerializer)) from None
         dialogue = self.get_queryset().get(pk=dialogue.pk)
         return Response({"event": s.ReviewEventSerializer(event).data,
                          "dialogue": s.DialogueDetailSerializer(dialogue).data}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=None, responses={200: s.DialogueDetailSerializer, 204: OpenApiResponse(description="Nothing left.")},
+        parameters=SELECTION_QUERY + [OpenApiParameter("after_id", int, description="Start after this dialogue id.")],
+        summary="Lease the next undecided dialogue of a filter",
+        description="The queue's next undecided dialogue that nobody else holds, leased to you for ten minutes "
+                    "so no other reviewer is handed it; 204 when the filter has none left.")
+    @action(detail=False, methods=["post"], filter_backends=[])
+    def next(self, request):
+        from collection.review import lease_next
+
+        spec = filters.clean_selection(request.query_params)
+        after_id = request.query_params.get("after_id") or None
+        if after_id is not None:
+            try:
+                after_id = int(after_id)
+            except ValueError:
+                raise ValidationError({"after_id": ["Must be a whole number."]}) from None
+        dialogue = lease_next(actor=request.user, spec=spec, after_id=after_id)
+        if dialogue is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(s.DialogueDetailSerializer(self.get_queryset().get(pk=dialogue.pk)).data)
 
     @extend_schema(request=s.BulkReviewSerializer, responses={200: s.BulkReviewResultSerializer},
                    summary="Approve or reject every dialogue a filter selects",
@@ -372,13 +403,16 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
             count = review.review_bulk(spec=spec, actor=request.user, action=data["action"],
                                        reasons=tuple(data.get("reasons", ())))
         except review.ReviewError as error:
-            raise ValidationError(review_error_detail(error)) from None
+            raise ValidationError(field_error(error, s.BulkReviewSerializer)) from None
         return Response({"count": count})
 
 
-def review_error_detail(error):
-    field = getattr(error, "field", None)
-    return {field: [str(error)]} if field else {"non_field_errors": [str(error)]}
+def field_error(error, serializer_class):
+    """A service error "field: message" as {field: [message]} when it names one of the request's fields."""
+    field, _, message = str(error).partition(":")
+    if message and field in serializer_class().fields:
+        return {field: [message.strip()]}
+    return {"non_field_errors": [str(error)]}
 
 
 class ReviewEventViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
