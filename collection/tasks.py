@@ -11,3 +11,12 @@ def import_seeds(import_id):
     from collection.seeding import seed_import_execute
 
     seed_import_execute(import_id)
+
+
+@shared_task(name="collection.flag_near_duplicates", queue="default")
+def flag_near_duplicates(seed_set_id):
+    """Re-run the near-duplicate pass (collection.filters) over one seed set's dialogues: the corpus it belongs to."""
+    from collection.filters import flag_near_duplicates as flag
+    from collection.models import Dialogue
+
+    return flag(Dialogue.objects.filter(seed_set_id=seed_set_id))

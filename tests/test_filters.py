@@ -275,3 +275,17 @@ def test_it_counts_flags_per_rule_in_one_query(django_assert_num_queries):
     assert counts == {**dict.fromkeys(RULES, 0), "truncated": 2, "refusal": 3}
     assert filter_counts(Dialogue.objects.all())["truncated"] == 3
     assert filter_counts(Dialogue.objects.none()) == dict.fromkeys(RULES, 0)
+
+
+@pytest.mark.django_db
+def test_it_runs_the_near_duplicate_pass_as_a_task_over_one_seed_set():
+    from collection.tasks import flag_near_duplicates as task
+
+    texts, _ = random_corpus(1)
+    one, other = make_seed_set("one"), make_seed_set("other")
+    make_dialogue(one, turns=chat("Q?", texts[0]))
+    copy = make_dialogue(one, turns=chat("Q?", texts[0]))
+    make_dialogue(other, turns=chat("Q?", texts[0]))
+    assert task.name == "collection.flag_near_duplicates"
+    assert task.apply(args=[one.pk]).get() == 1
+    assert list(DialogueFlag.objects.values_list("dialogue_id", flat=True)) == [copy.pk]
