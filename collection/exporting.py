@@ -1,0 +1,484 @@
+"""Corpus export: the dialogues a filter picks, written as a training file and kept as a record.
+
+What a user gets: `export_start` records an Export (its spec: the review queue's filters plus export options) and
+queues it; `export_execute` writes the file into artifact storage with its sha256, counts and progress on the row.
+Options (all recorded in the spec, with their defaults):
+  status "approved"; include_flagged False (flagged dialogues are left out); dedupe True (near-duplicates collapsed
+  to the lowest id, collection.filters.near_duplicate_groups); val_fraction 0 (share of seeds in the validation
+  split: split by a hash of the seed text, or the topic without a seed, so no seed is on both sides); shuffle True
+  with shuffle_seed 0 (order by a hash of (shuffle_seed, id)).
+The same spec on unchanged data gives a byte-identical file.
+
+Artifacts: one file for Baize JSON / OpenAI JSONL / ShareGPT JSONL; a .zip of train + validation files when
+val_fraction > 0; for the Hugging Face format a .zip holding dataset/ (datasets.load_from_disk: a DatasetDict with
+"train" and, when split, "validation") and parquet/<split>.parquet, columns id, topic, messages, seed_set, source,
+split.
+
+Memory stays flat: the plan pass streams ids through a server-side cursor and keeps them in numpy arrays
+(a few bytes per dialogue); rows are then fetched and written in chunks of CHUNK ids, in the planned order.
+"""
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from array import array
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from collection import formats
+from collection.models import Dialogue, Export, JobStatus
+from collection.selection import SelectionError, clean_spec, select_dialogues
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2000
+HF_BATCH_ROWS = 10_000
+DEFAULT_OPTIONS = {
+    "include_flagged": False,
+    "dedupe": True,
+    "dedupe_threshold": 0.85,
+    "dedupe_num_perm": 128,
+    "val_fraction": 0.0,
+    "shuffle": True,
+    "shuffle_seed": 0,
+}
+SPLITS = ("train", "validation")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so a zip's bytes depend only on its content
+
+
+class ExportError(ValueError):
+    """A bad export request; the message names the field."""
+
+
+# --- the spec -----------------------------------------------------------------------------------------------
+
+def export_spec_clean(raw):
+    """Selection filters (collection.selection) plus export options, validated, every option present."""
+    try:
+        selection = clean_spec(raw)
+    except SelectionError as error:
+        raise ExportError(str(error)) from None
+    selection.setdefault("status", "approved")
+    spec = dict(selection)
+    options = dict(DEFAULT_OPTIONS)
+    if raw.get("exclude_flagged") not in (None, ""):
+        options["include_flagged"] = not _boolean(raw["exclude_flagged"], "exclude_flagged")
+    for key in ("include_flagged", "dedupe", "shuffle"):
+        if raw.get(key) not in (None, ""):
+            options[key] = _boolean(raw[key], key)
+    for key, low, high in (("val_fraction", 0.0, 1.0), ("dedupe_threshold", 0.0, 1.0)):
+        if raw.get(key) not in (None, ""):
+            options[key] = _number(raw[key], key, float, low, high)
+    if raw.get("shuffle_seed") not in (None, ""):
+        options["shuffle_seed"] = _number(raw["shuffle_seed"], "shuffle_seed", int, 0, 2**63 - 1)
+    if raw.get("dedupe_num_perm") not in (None, ""):
+        options["dedupe_num_perm"] = _number(raw["dedupe_num_perm"], "dedupe_num_perm", int, 16, 1024)
+    if options["val_fraction"] >= 1.0:
+        raise ExportError("val_fraction: must be below 1 (some dialogues must stay in train)")
+    if options["dedupe_threshold"] <= 0.0:
+        raise ExportError("dedupe_threshold: must be above 0")
+    spec.update(options)
+    return spec
+
+
+def _boolean(value, name):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ExportError(f"{name}: {value!r} is not a yes/no value")
+
+
+def _number(value, name, kind, low, high):
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ExportError(f"{name}: {value!r} is not a {'whole ' if kind is int else ''}number") from None
+    if isinstance(value, bool) or not (low <= number <= high) or number != number:
+        raise ExportError(f"{name}: {value!r} must be between {low} and {high}")
+    return number
+
+
+def _selection_of(spec):
+    return {key: spec[key] for key in clean_spec(spec)}
+
+
+def _excludes_flagged(spec):
+    # A filter that asks for flagged dialogues (flag "any" or a rule) means the user wants them.
+    return not spec["include_flagged"] and spec.get("flag") in (None, "none")
+
+
+# --- service ------------------------------------------------------------------------------------------------
+
+def export_start(*, fmt, spec, created_by=None, enqueue=True):
+    """Record an export of the dialogues `spec` picks, in format `fmt`, and queue it (collection.export_corpus)
+    once the transaction commits; enqueue=False leaves it for the caller to run (the CLI runs it in-process).
+    Raises ExportError naming the bad field. The row's status, progress and counts tell how it goes."""
+    from collection.tasks import export_corpus
+
+    if fmt not in Export.Format.values:
+        raise ExportError(f"format: {fmt!r} is not one of {', '.join(Export.Format.values)}")
+    export = Export.objects.create(format=fmt, spec=export_spec_clean(spec), created_by=created_by)
+    if enqueue:
+        transaction.on_commit(lambda: export_corpus.delay(export.pk))
+    return export
+
+
+def export_execute(export_id, *, out=None):
+    """Claim the queued export and write it. With `out` (a local path, used by the CLI) the file(s) are also
+    copied there: OUT itself, or OUT's stem + ".train"/".validation" + suffix when split, or a folder OUT for the
+    Hugging Face format. Failures are recorded on the row (status failed, error text), never raised."""
+    export = Export.objects.get(pk=export_id)
+    if not export.claim():
+        return export
+    Export.objects.filter(pk=export.pk).update(code_version=code_version())
+    workdir = Path(tempfile.mkdtemp(prefix=f"export-{export.pk}-", dir=_temp_root()))
+    try:
+        counts, files = _write(export, workdir)
+        artifact, name = _package(export, workdir, files)
+        if out is not None:
+            counts["out"] = [str(p) for p in _deliver(export, files, Path(out))]
+        sha256, size = _digest(artifact)
+        path = _store(artifact, f"exports/{export.pk}/{name}")
+        Export.objects.filter(pk=export.pk).update(path=path, sha256=sha256, size_bytes=size, counts=counts,
+                                                   progress=counts["written"])
+        export.mark_finished(JobStatus.SUCCEEDED)
+    except Exception as error:  # noqa: BLE001 - recorded on the row for the page, API and CLI to show
+        log.exception("export %s failed", export.pk)
+        export.mark_finished(JobStatus.FAILED, error=f"{type(error).__name__}: {error}"[:2000])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    export.refresh_from_db()
+    return export
+
+
+@lru_cache(maxsize=1)
+def code_version():
+    """`git describe` of the running code when it is a git checkout, else the project's version."""
+    try:
+        result = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=settings.BASE_DIR,
+                                capture_output=True, text=True, timeout=5, check=False)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()[:64]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return settings.SPECTACULAR_SETTINGS.get("VERSION", "unknown")
+
+
+# --- plan: which ids, in which order, on which side ----------------------------------------------------------
+
+def _candidates(spec):
+    qs = select_dialogues(_selection_of(spec))
+    if _excludes_flagged(spec):
+        qs = qs.filter(is_flagged=False)
+    return qs.filter(num_turns__gt=0)
+
+
+def _plan(export, spec, counts):
+    """Stream the selection once (ids and split keys only) and return (ids, is_validation) in write order."""
+    val_fraction = spec["val_fraction"]
+    fields = ["id", "is_flagged", "num_turns"] + (["seed__text", "topic"] if val_fraction > 0 else [])
+    excludes_flagged = _excludes_flagged(spec)
+    ids, validation = array("q"), bytearray()
+    threshold = int(val_fraction * 2**64)
+    selected = flagged = empty = 0
+    rows = select_dialogues(_selection_of(spec)).order_by("id").values_list(*fields)
+    # In a transaction Postgres streams through a plain named cursor (outside one, Django asks for WITH HOLD,
+    # which materialises the whole result on the server first).
+    with transaction.atomic():
+        for row in rows.iterator(chunk_size=CHUNK):
+            selected += 1
+            if excludes_flagged and row[1]:
+                flagged += 1
+                continue
+            if not row[2]:
+                empty += 1
+                continue
+            ids.append(row[0])
+            if val_fraction > 0:
+                key = row[3] if row[3] is not None else row[4]
+                digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+                validation.append(int.from_bytes(digest, "big") < threshold)
+            else:
+                validation.append(0)
+    counts.update(selected=selected, excluded_flagged=flagged, skipped_empty=empty)
+    ids = np.frombuffer(ids, dtype=np.int64) if ids else np.zeros(0, dtype=np.int64)
+    validation = np.frombuffer(bytes(validation), dtype=np.uint8).astype(bool)
+
+    collapsed = 0
+    if spec["dedupe"] and len(ids):
+        export.beat()
+        duplicates = _near_duplicates(export, spec, ids)
+        if duplicates:
+            keep = ~np.isin(ids, np.fromiter(duplicates, dtype=np.int64, count=len(duplicates)))
+            collapsed = int((~keep).sum())
+            ids, validation = ids[keep], validation[keep]
+    counts["collapsed_near_duplicates"] = collapsed
+
+    if spec["shuffle"] and len(ids):
+        order = np.argsort(_mix64(ids, spec["shuffle_seed"]), kind="stable")
+        ids, validation = ids[order], validation[order]
+    return ids, validation
+
+
+def _near_duplicates(export, spec, ids):
+    from collection.filters import near_duplicate_groups
+
+    def texts():
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start:start + CHUNK].tolist()
+            export.beat()
+            for pk, turns in Dialogue.objects.filter(pk__in=chunk).order_by("id").values_list("id", "turns"):
+                yield pk, "\n".join(t["text"] for t in turns)
+
+    return near_duplicate_groups(texts(), threshold=spec["dedupe_threshold"], num_perm=spec["dedupe_num_perm"])
+
+
+def _mix64(ids, seed):
+    """A fixed 64-bit hash of (seed, id) (SplitMix64's finaliser): a shuffle that is the same on every machine
+    and numpy version, and that keeps the relative order of old rows when new ones are added."""
+    with np.errstate(over="ignore"):
+        x = ids.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+# --- write ------------------------------------------------------------------------------------------------
+
+def _write(export, workdir):
+    spec = export.spec
+    counts = {}
+    ids, validation = _plan(export, spec, counts)
+    total = len(ids)
+    Export.objects.filter(pk=export.pk).update(total=total, progress=0, heartbeat_at=timezone.now())
+    splits = SPLITS if spec["val_fraction"] > 0 else ("train",)
+    hf = export.format == formats.HF
+    sink = _HfSink(workdir, splits) if hf else _TextSink(export.format, workdir, splits)
+    fields = ["id", "topic", "turns"] + (["seed_set__name", "source"] if hf else [])
+    written = {split: 0 for split in splits}
+    changed = 0
+    candidates = _candidates(spec)
+    try:
+        for start in range(0, total, CHUNK):
+            chunk = ids[start:start + CHUNK].tolist()
+            rows = {row[0]: row for row in candidates.filter(pk__in=chunk).order_by().values_list(*fields)}
+            for pk, is_validation in zip(chunk, validation[start:start + CHUNK].tolist()):
+                row = rows.get(pk)
+                if row is None:
+                    changed += 1  # no longer matches the filters (reviewed, edited or deleted meanwhile)
+                    continue
+                split = "validation" if is_validation else "train"
+                sink.write(split, row)
+                written[split] += 1
+            Export.objects.filter(pk=export.pk).update(progress=start + len(chunk), heartbeat_at=timezone.now())
+    finally:
+        files = sink.close()
+    counts.update(changed_during_export=changed, train=written["train"], validation=written.get("validation", 0),
+                  written=sum(written.values()))
+    return counts, files
+
+
+class _TextSink:
+    """Baize JSON / OpenAI JSONL / ShareGPT JSONL: one file per split."""
+
+    def __init__(self, fmt, workdir, splits):
+        suffix = formats.EXTENSIONS[fmt]
+        self.paths = {split: workdir / "files" / f"{split}{suffix}" for split in splits}
+        self.paths[splits[0]].parent.mkdir()
+        self.handles = {split: open(path, "wb", buffering=1 << 20) for split, path in self.paths.items()}
+        self.writers = {split: formats.CorpusWriter(fmt, handle) for split, handle in self.handles.items()}
+
+    def write(self, split, row):
+        _, topic, turns = row
+        self.writers[split].write(topic=topic, turns=turns)
+
+    def close(self):
+        for split, writer in self.writers.items():
+            writer.close()
+            self.handles[split].close()
+        return self.paths
+
+
+class _HfSink:
+    """Hugging Face dataset: Arrow batches to a Parquet file and an Arrow stream per split; on close, the streams
+    become a DatasetDict written with save_to_disk (memory-mapped, so nothing is loaded whole)."""
+
+    def __init__(self, workdir, splits):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa = pa
+        self.schema = formats.hf_schema()
+        self.root = workdir / "files"
+        (self.root / "parquet").mkdir(parents=True)
+        (workdir / "arrow").mkdir()
+        self.arrow_paths = {split: workdir / "arrow" / f"{split}.arrow" for split in splits}
+        self.sinks = {split: pa.OSFile(str(path), "wb") for split, path in self.arrow_paths.items()}
+        self.streams = {split: pa.ipc.new_stream(self.sinks[split], self.schema) for split in splits}
+        self.parquet = {split: pq.ParquetWriter(str(self.root / "parquet" / f"{split}.parquet"), self.schema,
+                                                compression="zstd") for split in splits}
+        self.buffers = {split: self._empty() for split in splits}
+        self.closed = False
+
+    def _empty(self):
+        return {name: [] for name in self.schema.names}
+
+    def write(self, split, row):
+        pk, topic, turns, seed_set, source = row
+        buffer = self.buffers[split]
+        buffer["id"].append(pk)
+        buffer["topic"].append(topic)
+        buffer["messages"].append(formats.hf_messages(turns))
+        buffer["seed_set"].append(seed_set)
+        buffer["source"].append(source)
+        buffer["split"].append(split)
+        if len(buffer["id"]) >= HF_BATCH_ROWS:
+            self._flush(split)
+
+    def _flush(self, split):
+        buffer = self.buffers[split]
+        if buffer["id"]:
+            batch = self.pa.RecordBatch.from_pydict(buffer, schema=self.schema)
+            self.streams[split].write_batch(batch)
+            self.parquet[split].write_batch(batch)
+        self.buffers[split] = self._empty()
+
+    def close(self):
+        if self.closed:
+            return {}
+        self.closed = True
+        for split in self.streams:
+            self._flush(split)
+            self.streams[split].close()
+            self.sinks[split].close()
+            self.parquet[split].close()
+        self._save_to_disk()
+        return {"dataset": self.root / "dataset", **{f"parquet/{s}": self.root / "parquet" / f"{s}.parquet"
+                                                       for s in self.streams}}
+
+    def _save_to_disk(self):
+        import datasets
+        from datasets.table import MemoryMappedTable
+        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        features = datasets.Features.from_arrow_schema(self.schema)
+        parts = {}
+        for split, path in self.arrow_paths.items():
+            # A fingerprint from the content, not from the temporary path, keeps state.json byte-identical.
+            fingerprint = _file_sha256(path)[:16]
+            parts[split] = datasets.Dataset(MemoryMappedTable.from_file(str(path)),
+                                            info=datasets.DatasetInfo(features=features),
+                                            split=datasets.NamedSplit(split), fingerprint=fingerprint)
+        quiet = are_progress_bars_disabled()
+        disable_progress_bars()
+        try:
+            datasets.DatasetDict(parts).save_to_disk(str(self.root / "dataset"))
+        finally:
+            if not quiet:
+                enable_progress_bars()
+
+
+# --- package, deliver, store ---------------------------------------------------------------------------------
+
+def _package(export, workdir, files):
+    """The artifact: the single file, or a zip of everything (split exports and the Hugging Face dataset)."""
+    base = f"baize-export-{export.pk}-{export.format}"
+    if export.format != formats.HF and len(files) == 1:
+        path = next(iter(files.values()))
+        return path, base + path.suffix
+    archive = workdir / "artifact.zip"
+    _zip_folder(workdir / "files", archive)
+    return archive, base + ".zip"
+
+
+def _zip_folder(folder, archive):
+    """Deterministic zip: sorted entries, fixed dates and permissions; Parquet is already compressed."""
+    entries = sorted(p for p in folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(archive, "w", allowZip64=True) as zf:
+        for path in entries:
+            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_STORED if path.suffix == ".parquet" else zipfile.ZIP_DEFLATED
+            info.file_size = path.stat().st_size
+            with open(path, "rb") as source, zf.open(info, "w", force_zip64=info.file_size > 2**31) as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+
+
+def output_paths(fmt, out, splits):
+    """Where the CLI puts each split: OUT; or NAME.train.EXT / NAME.validation.EXT beside it; or folder OUT (hf)."""
+    out = Path(out)
+    if fmt == formats.HF:
+        return {"": out}
+    if len(splits) == 1:
+        return {splits[0]: out}
+    suffix = out.suffix or formats.EXTENSIONS[fmt]
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return {split: out.with_name(f"{stem}.{split}{suffix}") for split in splits}
+
+
+def _deliver(export, files, out):
+    if export.format == formats.HF:
+        # Never clear what is there: the command refuses a non-empty folder before it starts.
+        shutil.copytree(files["dataset"].parent, out, dirs_exist_ok=True)
+        return [out]
+    splits = tuple(files)
+    destinations = output_paths(export.format, out, splits)
+    for split, source in files.items():
+        destinations[split].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destinations[split])
+    return list(destinations.values())
+
+
+class _LocalFile(File):
+    # FileSystemStorage moves a file that says where it lives instead of copying it.
+    def temporary_file_path(self):
+        return self.file.name
+
+
+def _store(artifact, name):
+    with open(artifact, "rb") as handle:
+        return default_storage.save(name, _LocalFile(handle, name=name))
+
+
+def _digest(path):
+    return _file_sha256(path), os.path.getsize(path)
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _temp_root():
+    """Temporary files next to local artifact storage, so the finished file is moved, not copied."""
+    location = getattr(default_storage, "location", None)
+    if location:
+        root = Path(location) / "tmp"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return root
+        except OSError:
+            pass
+    return None
