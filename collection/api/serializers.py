@@ -354,8 +354,13 @@ class ExportCreateSerializer(serializers.Serializer):
     min_length = serializers.IntegerField(min_value=0, required=False)
     max_length = serializers.IntegerField(min_value=0, required=False)
     q = serializers.CharField(max_length=500, required=False, allow_blank=True)
-    include_flagged = serializers.BooleanField(default=False, help_text="Flagged dialogues are left out unless set.")
-    dedupe = serializers.BooleanField(default=True, help_text="Collapse near-duplicates.")
-    val_fraction = serializers.FloatField(min_value=0, max_value=0.9, default=0.0,
-                                          help_text="Share of seeds in the validation split.")
-    shuffle_seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
+    include_flagged = serializers.BooleanField(default=False, help_text="Flagged dialogues are left out unless set "
+                                                                        "(or unless `flag` asks for them).")
+    dedupe = serializers.BooleanField(default=True, help_text="Collapse near-duplicates (MinHash).")
+    dedupe_threshold = serializers.FloatField(min_value=0.01, max_value=1, required=False,
+                                              help_text="Jaccard similarity above which dialogues collapse.")
+    shuffle = serializers.BooleanField(default=True)
+    shuffle_seed = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0,
+                                            help_text="Recorded, so the same spec gives the same file.")
+    val_fraction = serializers.FloatField(min_value=0, max_value=0.99, default=0.0,
+                                          help_text="Share of seeds in the validation split (split by seed).")

@@ -32,6 +32,8 @@ from django_filters.rest_framework import DjangoFilterBackend
 
 from baize_eval.llm.models import Endpoint, ModelPrice
 from baize_eval.roles import IsReviewer
+from collection.exporting import ExportError, export_start
+from collection.seeding import SeedImportError, seed_import_start
 from collection.api import filters, serializers as s
 from collection.api.permissions import ReviewerReadsAdminWrites
 from collection.models import (
@@ -174,19 +176,22 @@ class SeedImportViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMi
 
     @extend_schema(request=s.SeedImportCreateSerializer, responses={201: s.ImportSerializer})
     def create(self, request, *args, **kwargs):
-        from collection.seeding import seed_import_start
-
         serializer = s.SeedImportCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         upload = data["file"]
-        filename = get_valid_filename(posixpath.basename(upload.name)) or "upload"
+        filename = get_valid_filename(posixpath.basename(upload.name.replace("\\", "/"))) or "upload"
+        # The upload goes to artifact storage (a local folder, or S3) so whichever worker runs the import reads it.
         stored = default_storage.save(f"imports/{filename}", upload)
-        job = seed_import_start(
-            path=default_storage.path(stored), seed_set_name=data["seed_set"], column=data.get("column") or None,
-            fmt=data.get("format") or None, skip_bad=data["skip_bad"], filename=filename,
-            source=data.get("source", ""), tags=tuple(data.get("tags", ())), created_by=request.user,
-        )
+        try:
+            job = seed_import_start(
+                path=stored, seed_set_name=data["seed_set"], column=data.get("column") or None,
+                fmt=data.get("format") or None, skip_bad=data["skip_bad"], filename=filename,
+                source=data.get("source", ""), tags=tuple(data.get("tags", ())), created_by=request.user,
+            )
+        except SeedImportError as error:
+            default_storage.delete(stored)
+            raise ValidationError(field_error(error, s.SeedImportCreateSerializer, {"seed set": "seed_set"})) from None
         job.refresh_from_db()
         return Response(s.ImportSerializer(job).data, status=status.HTTP_201_CREATED)
 
@@ -407,9 +412,10 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
         return Response({"count": count})
 
 
-def field_error(error, serializer_class):
+def field_error(error, serializer_class, aliases=None):
     """A service error "field: message" as {field: [message]} when it names one of the request's fields."""
     field, _, message = str(error).partition(":")
+    field = (aliases or {}).get(field, field)
     if message and field in serializer_class().fields:
         return {field: [message.strip()]}
     return {"non_field_errors": [str(error)]}
@@ -457,14 +463,14 @@ class ExportViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin,
 
     @extend_schema(request=s.ExportCreateSerializer, responses={201: s.ExportSerializer})
     def create(self, request, *args, **kwargs):
-        from collection.exporting import export_start
-
         serializer = s.ExportCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         spec = dict(serializer.validated_data)
         fmt = spec.pop("format")
-        filters.clean_selection(spec)  # same checks as the queue's filters
-        export = export_start(fmt=fmt, spec=spec, created_by=request.user)
+        try:
+            export = export_start(fmt=fmt, spec=spec, created_by=request.user)
+        except ExportError as error:
+            raise ValidationError(field_error(error, s.ExportCreateSerializer)) from None
         export.refresh_from_db()
         return Response(s.ExportSerializer(export).data, status=status.HTTP_201_CREATED)
 
