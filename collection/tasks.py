@@ -3,6 +3,7 @@
 Queues: `generation` (LLM calls, I/O bound), `default` (imports, exports, sweeps), `gpu` (later: training).
 """
 from celery import shared_task
+from celery.signals import worker_ready
 
 
 @shared_task(name="collection.import_seeds", queue="default")
@@ -36,3 +37,41 @@ def flag_near_duplicates(seed_set_id):
     from collection.models import Dialogue
 
     return flag(Dialogue.objects.filter(seed_set_id=seed_set_id))
+
+
+@shared_task(name="collection.review_bulk", queue="default")
+def review_bulk(actor_id, action, spec, reasons=()):
+    """Approve or reject a large filtered selection (collection.review.review_bulk), chunk by chunk; the
+    dialogues' status and review events show the progress. The payload is the filter spec, not the rows."""
+    from django.contrib.auth import get_user_model
+
+    from collection.review import review_bulk as bulk
+
+    actor = get_user_model().objects.get(pk=actor_id)
+    return bulk(spec=spec, actor=actor, action=action, reasons=list(reasons))
+
+
+@shared_task(name="collection.drive_generation_run", queue="generation")
+def drive_generation_run(run_id):
+    """Drive one queued generation run to its end (collection.selfchat); the run row holds status and counters."""
+    from collection.selfchat import drive_generation_run as drive
+
+    return drive(run_id=run_id)
+
+
+@shared_task(name="collection.recover_stale_jobs", queue="default")
+def recover_stale_jobs(follow_up=False):
+    """Re-queue runs whose driver went silent and free their leased seeds (periodic, see CELERY_BEAT_SCHEDULE).
+    With follow_up (at worker start) it checks once more as soon as every run running now would have turned
+    stale, so a restarted worker resumes the runs of the one it replaced without waiting for the periodic sweep."""
+    from collection.services import stale_runs_recover
+
+    requeued, all_stale_in = stale_runs_recover()
+    if follow_up and all_stale_in is not None:
+        recover_stale_jobs.apply_async(countdown=all_stale_in)
+    return requeued
+
+
+@worker_ready.connect
+def recover_on_worker_start(sender=None, **kwargs):
+    recover_stale_jobs.apply_async(kwargs={"follow_up": True})
