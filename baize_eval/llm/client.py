@@ -1,0 +1,341 @@
+"""Call a chat completion on any OpenAI-compatible endpoint and get text, usage, cost and latency back.
+
+What a user gets: one place that talks to OpenAI, vLLM, Ollama or a llama.cpp server for every job (self-chat,
+LLM judge, remote inference), with
+  - retries with backoff on 429, 5xx, timeouts, connection errors and (a bounded number of) malformed bodies,
+    honoring Retry-After / retry-after-ms, up to the endpoint's max_attempts;
+  - the endpoint's requests/min and tokens/min shared by all workers (baize_eval.llm.ratelimit);
+  - every attempt that got a response written to the usage ledger (llm.Call), priced from llm.ModelPrice
+    (a model without a price costs 0 and the result says it was unpriced);
+  - the API key never in logs, errors or pages: it is scrubbed from every error text.
+
+Async first (a generation run keeps dozens of requests in flight on one event loop):
+
+    async with EndpointClient(endpoint, concurrency=64) as llm:
+        result = await llm.chat(model="gpt-4o-mini", messages=[...], purpose="transcript",
+                                job_kind="generation_run", job_id=run.pk)
+
+`chat(...)` and `chat_sync(...)` do one call with a client of their own.
+"""
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+import httpx2
+import openai
+from django.db import transaction
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from baize_eval.llm.dbthreads import DatabaseThreads
+from baize_eval.llm.models import Call, ModelPrice
+from baize_eval.llm.ratelimit import EndpointLimiter, estimate_tokens
+
+logger = logging.getLogger(__name__)
+
+# Sent as named arguments; anything else in a run's params goes in the body as is (vLLM's top_k, min_p, ...).
+NAMED_PARAMS = {
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "presence_penalty", "frequency_penalty",
+    "seed", "logit_bias", "n", "user", "response_format", "reasoning_effort",
+}
+RETRY_STATUSES = {408, 409, 425, 429}  # and every 5xx
+# A server that answers 200 with garbage is usually broken, not busy: retry it a little, not max_attempts times.
+MAX_MALFORMED_RETRIES = 2
+MAX_RETRY_AFTER_SECONDS = 120.0
+ERROR_TEXT_LIMIT = 1000
+_KEY_LIKE = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-*.]{6,}")
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    latency_ms: int
+    attempts: int
+    model: str
+    call_id: int | None
+    priced: bool
+
+    @property
+    def total_tokens(self):
+        return self.prompt_tokens + self.completion_tokens
+
+    def usage(self):
+        """What a dialogue records about this call."""
+        return {
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cost_usd": str(self.cost_usd), "latency_ms": self.latency_ms, "finish_reason": self.finish_reason,
+            "attempts": self.attempts, "call_id": self.call_id,
+        }
+
+
+class LLMError(Exception):
+    """The call failed for good (after retries, or at once for errors a retry cannot fix). The text is safe to
+    store and show: the API key is scrubbed from it."""
+
+    def __init__(self, message, *, attempts=0, status=None):
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
+
+
+class DispatchRefused(Exception):
+    """The caller's gate said no before a request went out (e.g. the run's budget is spent)."""
+
+
+class MalformedResponse(Exception):
+    """The endpoint answered 200 but not with a chat completion we can read."""
+
+
+def scrub(text, secret=None):
+    """Remove the API key (and anything shaped like a key) from text bound for logs, errors or pages."""
+    text = str(text)
+    if secret and secret != "none" and len(secret) >= 4:
+        text = text.replace(secret, "***")
+    return _KEY_LIKE.sub(lambda m: m.group(1) + "-***", text)
+
+
+def retry_after_seconds(exc):
+    """The server's requested wait (retry-after-ms, then Retry-After as seconds or an HTTP date), or None."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return min(max(float(raw_ms) / 1000.0, 0.0), MAX_RETRY_AFTER_SECONDS)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        seconds = parsed.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def is_transient(exc):
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRY_STATUSES or exc.status_code >= 500
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    if isinstance(exc, MalformedResponse):
+        return getattr(exc, "retry_allowed", False)
+    return False
+
+
+_exponential = wait_random_exponential(multiplier=0.5, max=30)
+
+
+def backoff(retry_state):
+    """Honor the server's Retry-After; otherwise exponential backoff with full jitter."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    requested = retry_after_seconds(exc) if exc is not None else None
+    if requested is not None:
+        return requested + random.uniform(0, min(0.25, requested * 0.1 + 0.01))
+    return _exponential(retry_state)
+
+
+def describe_error(exc):
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timed out waiting for the endpoint"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc.__context__
+        return f"connection error: {cause or exc.message}"
+    if isinstance(exc, MalformedResponse):
+        return f"malformed response: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class EndpointClient:
+    """A connection pool, shared rate limits and the ledger for one endpoint on one event loop."""
+
+    def __init__(self, endpoint, *, concurrency=8, db=None, limiter=None):
+        self.endpoint = endpoint
+        self._secret = endpoint.api_key()
+        self._own_db = db is None
+        self.db = db if db is not None else DatabaseThreads(1, name="llm-ledger")
+        self.limiter = limiter if limiter is not None else EndpointLimiter(
+            endpoint_id=endpoint.pk, requests_per_minute=endpoint.requests_per_minute,
+            tokens_per_minute=endpoint.tokens_per_minute,
+        )
+        pool = max(1, int(concurrency))
+        self._http = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0)
+        )
+        self._openai = openai.AsyncOpenAI(
+            base_url=endpoint.base_url, api_key=self._secret, timeout=endpoint.timeout_seconds,
+            max_retries=0, http_client=self._http,
+        )
+        self._prices = {}
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.aclose()
+
+    async def aclose(self):
+        await self._openai.close()
+        await self.limiter.close()
+        if self._own_db:
+            await asyncio.to_thread(self.db.stop)
+
+    async def chat(self, *, model, messages, params=None, purpose="", job_kind="", job_id=None, stop=None,
+                   gate=None, on_record=None):
+        """One chat completion, retried as the module docstring says.
+
+        gate(): checked before every attempt; False raises DispatchRefused (nothing is sent).
+        on_record(call): runs in the same transaction as each ledger row (e.g. a job's usage counters).
+        Raises LLMError when the call fails for good."""
+        params = dict(params or {})
+        kwargs, extra_body = {}, {}
+        for name, value in params.items():
+            if name == "stop":
+                stop = stop or value
+            elif name in NAMED_PARAMS:
+                kwargs[name] = value
+            else:
+                extra_body[name] = value
+        if stop:
+            kwargs["stop"] = stop
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        ledger = {"model": model, "purpose": purpose, "job_kind": job_kind, "job_id": job_id}
+        estimate = estimate_tokens(messages, params)
+        malformed = 0
+        attempts = 0
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.endpoint.max_attempts)),
+            wait=backoff,
+            retry=retry_if_exception(is_transient),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if gate is not None and not gate():
+                        raise DispatchRefused()
+                    attempts += 1
+                    reserved = await self.limiter.acquire(tokens=estimate) if self.limiter.active else 0
+                    started = time.perf_counter()
+                    try:
+                        completion = await self._openai.chat.completions.create(
+                            model=model, messages=messages, **kwargs
+                        )
+                        text, finish_reason, usage = _read_completion(completion)
+                    except openai.APIStatusError as exc:
+                        await self._record(ledger, started, outcome=Call.Outcome.ERROR,
+                                           error=describe_error(exc), on_record=on_record)
+                        raise
+                    except (openai.APIResponseValidationError, MalformedResponse, ValueError) as exc:
+                        # A 200 whose body is not a chat completion (or not even JSON): it got a response, so
+                        # it goes in the ledger; usage is unknown.
+                        malformed += 1
+                        bad = exc if isinstance(exc, MalformedResponse) else MalformedResponse(
+                            f"{type(exc).__name__}: {str(exc)[:200]}")
+                        bad.retry_allowed = malformed <= MAX_MALFORMED_RETRIES
+                        await self._record(ledger, started, outcome=Call.Outcome.ERROR,
+                                           error=describe_error(bad), on_record=on_record)
+                        raise bad from None
+                    prompt_tokens, completion_tokens = usage
+                    if self.limiter.active:
+                        await self.limiter.settle(reserved=reserved, used=prompt_tokens + completion_tokens)
+                    call_id, cost, priced, latency_ms = await self._record(
+                        ledger, started, outcome=Call.Outcome.OK, prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens, on_record=on_record,
+                    )
+                    return ChatResult(
+                        text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens, cost_usd=cost, latency_ms=latency_ms,
+                        attempts=attempts, model=model, call_id=call_id, priced=priced,
+                    )
+        except (MalformedResponse, openai.OpenAIError) as exc:
+            status = getattr(exc, "status_code", None)
+            raise LLMError(scrub(f"after {attempts} attempt(s): {describe_error(exc)}", self._secret)[:ERROR_TEXT_LIMIT],
+                           attempts=attempts, status=status) from None
+
+    def _log_retry(self, retry_state):
+        exc = retry_state.outcome.exception()
+        logger.warning(
+            "%s: attempt %d failed (%s); retrying in %.2fs", self.endpoint.name, retry_state.attempt_number,
+            scrub(describe_error(exc), self._secret)[:300], retry_state.next_action.sleep if retry_state.next_action else 0,
+        )
+
+    async def _record(self, ledger, started, *, outcome, prompt_tokens=0, completion_tokens=0, error="",
+                      on_record=None):
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        return await self.db.run(
+            self._write_call, dict(ledger), outcome=outcome, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, latency_ms=latency_ms,
+            error=scrub(error, self._secret)[:ERROR_TEXT_LIMIT], on_record=on_record,
+        )
+
+    def _price(self, model):
+        if model not in self._prices:
+            self._prices[model] = ModelPrice.objects.filter(model=model).first()
+        return self._prices[model]
+
+    def _write_call(self, ledger, *, outcome, prompt_tokens, completion_tokens, latency_ms, error, on_record):
+        price = self._price(ledger["model"])
+        cost = price.cost(prompt_tokens, completion_tokens) if price else Decimal("0")
+        cost = cost.quantize(Decimal("0.00000001"))
+        with transaction.atomic():
+            call = Call.objects.create(
+                endpoint_id=self.endpoint.pk, outcome=outcome, prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens, cost_usd=cost, latency_ms=latency_ms, error=error, **ledger,
+            )
+            if on_record is not None:
+                on_record(call)
+        return call.pk, cost, price is not None, latency_ms
+
+
+def _read_completion(completion):
+    """(text, finish_reason, (prompt_tokens, completion_tokens)) or MalformedResponse."""
+    if isinstance(completion, (str, bytes)) or not hasattr(completion, "choices"):
+        raise MalformedResponse("the body is not a chat completion object")
+    choices = completion.choices or []
+    if not choices:
+        raise MalformedResponse("no choices in the response")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = getattr(message, "content", None) if message is not None else None
+    if text is not None and not isinstance(text, str):
+        raise MalformedResponse("message.content is not text")
+    usage = getattr(completion, "usage", None)
+    prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
+    completion_tokens = getattr(usage, "completion_tokens", None) if usage is not None else None
+    if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        # Without usage we cannot account for the call; servers that omit it are misconfigured.
+        raise MalformedResponse("usage.prompt_tokens / usage.completion_tokens missing")
+    return text or "", str(getattr(choice, "finish_reason", "") or ""), (prompt_tokens, completion_tokens)
+
+
+async def chat(*, endpoint, model, messages, params=None, purpose="", job_kind="", job_id=None, stop=None):
+    """One chat completion with a client of its own (for jobs that make few calls, e.g. an LLM judge)."""
+    async with EndpointClient(endpoint, concurrency=1) as client:
+        return await client.chat(model=model, messages=messages, params=params, purpose=purpose,
+                                 job_kind=job_kind, job_id=job_id, stop=stop)
+
+
+def chat_sync(**kwargs):
+    """`chat` for synchronous code (management commands, Celery tasks that make a single call)."""
+    return asyncio.run(chat(**kwargs))

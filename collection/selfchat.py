@@ -1,0 +1,523 @@
+"""The self-chat driver: turns a generation run's seeds into dialogues, many requests in flight at once.
+
+What a user gets: a queued GenerationRun is driven to the end by one Celery task on the `generation` queue:
+  - `run.concurrency` self-chats in flight on one asyncio loop; the database work goes through a few threads;
+  - each finished seed is saved in ONE transaction: its Dialogue (unique per (run, seed), so never twice), its
+    item marked done and the run's counters incremented; its automatic filter flags are set right after;
+  - every request's usage goes into the llm.Call ledger and the run's token/cost counters in the same
+    transaction, so the run's totals are always the sum over its calls;
+  - the budget (tokens and/or USD) is checked before EVERY request: once reached nothing new is sent, the
+    requests in flight finish (the only overshoot), the run ends `succeeded` with budget_exhausted and the
+    untouched seeds stay pending for later;
+  - a seed that still fails after the client's retries is marked failed with its error, never dropped;
+  - a heartbeat renews the run and its item leases; pause/cancel stop dispatching and let in-flight work
+    finish; a driver that lost the run (another one took it over after a stale heartbeat) stops;
+  - a worker killed mid-run: recover_stale_jobs (periodic, and at worker start) puts the run back in the queue
+    and its leased items back to pending; the next driver finishes with no duplicate and no lost seed.
+
+Modes: `transcript` (Baize v1: one completion per seed, parsed into turns) and `turns` (Baize v2 style: a simulated
+human writes the next question, stopping at the AI marker, then a clean chat call answers it).
+"""
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from baize_eval.llm.client import DispatchRefused, EndpointClient, LLMError, scrub
+from baize_eval.llm.dbthreads import DatabaseThreads
+from collection.models import FINISHED, Dialogue, GenerationItem, GenerationRun, JobStatus, Seed
+from collection.parsing import DEFAULT_AI_MARKERS, DEFAULT_HUMAN_MARKERS, parse_transcript, render_transcript
+
+logger = logging.getLogger(__name__)
+
+JOB_KIND = "generation_run"
+# Postgres gets a few connections for the DB work of one run; SQLite has one writer anyway.
+DB_THREADS_POSTGRES = 4
+ITEM_ERROR_LIMIT = 2000
+
+
+def lease_seconds():
+    """An item's lease lives as long as a run's heartbeat may be silent before the run counts as stale."""
+    return settings.JOB_STALE_SECONDS
+
+
+def without_nul(text):
+    """Postgres text cannot hold NUL characters, and a model may emit them; they carry no meaning."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+def fill_template(text, **values):
+    """Replace {topic} / {transcript} literally: templates are editable data, and may hold other braces."""
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
+@dataclass
+class SeedWork:
+    item_id: int
+    seed_id: int
+    text: str
+
+
+@dataclass
+class Outcome:
+    """What one seed's self-chat produced, ready to be saved."""
+
+    turns: list
+    raw_output: str
+    parse_error: str
+    finish_reason: str
+    generation: dict
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal("0")
+    calls: list = field(default_factory=list)
+
+
+class Driver:
+    def __init__(self, run, token):
+        self.run = run
+        self.token = token
+        self.template = run.template
+        self.stop_reason = None  # paused | cancelled | lost | budget | None (running)
+        self.tokens_used = run.total_tokens
+        self.cost_used = run.cost_usd
+        self.db = None
+        self.llm = None
+        self.claimed = set()  # item ids this driver leased and has not settled yet
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    async def drive(self):
+        size = DB_THREADS_POSTGRES if settings.IS_POSTGRES else 1
+        self.db = DatabaseThreads(size, name=f"run{self.run.pk}-db")
+        try:
+            async with EndpointClient(self.run.endpoint, concurrency=self.run.concurrency, db=self.db) as llm:
+                self.llm = llm
+                heartbeat = asyncio.create_task(self._heartbeat_loop())
+                try:
+                    finished = await self._dispatch_loop()
+                finally:
+                    heartbeat.cancel()
+                    await asyncio.gather(heartbeat, return_exceptions=True)
+                    if self.claimed:
+                        await self.db.run(self._release, list(self.claimed))
+            return finished
+        finally:
+            await asyncio.to_thread(self.db.stop)
+
+    async def _dispatch_loop(self):
+        """Keep up to `concurrency` seeds in flight until none are left or the run must stop. True when every
+        item reached a final state (the caller then finishes the run)."""
+        concurrency = self.run.concurrency
+        buffer = []
+        tasks = set()
+        all_done = False
+        while self.stop_reason is None:
+            if len(tasks) >= concurrency:
+                _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if self.budget_reached():
+                self.stop_reason = "budget"
+                break
+            if not buffer:
+                # Claim a whole batch at once: one short transaction per `concurrency` seeds, not per seed.
+                buffer = await self.db.run(self._claim, limit=max(concurrency, 8))
+                buffer.reverse()
+            if buffer:
+                work = buffer.pop()
+                tasks.add(asyncio.create_task(self._generate(work)))
+                continue
+            if tasks:
+                _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            if await self.db.run(self._finish_if_done):
+                all_done = True
+                break
+            # Items are still leased by another (probably dead) driver: wait for their leases to expire.
+            await asyncio.sleep(settings.JOB_HEARTBEAT_SECONDS)
+        if buffer:
+            await self.db.run(self._release, [w.item_id for w in buffer])
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return all_done
+
+    def budget_reached(self):
+        run = self.run
+        if run.budget_tokens is not None and self.tokens_used >= run.budget_tokens:
+            return True
+        if run.budget_usd is not None and self.cost_used >= run.budget_usd:
+            return True
+        return False
+
+    def may_dispatch(self):
+        """The gate before every request (retries and the 2nd..nth call of a turns-mode dialogue included)."""
+        if self.stop_reason in ("lost", "cancelled"):
+            return False
+        if self.budget_reached():
+            self.stop_reason = self.stop_reason or "budget"
+            return False
+        return True
+
+    async def _heartbeat_loop(self):
+        while True:
+            await asyncio.sleep(settings.JOB_HEARTBEAT_SECONDS)
+            try:
+                state = await self.db.run(self._beat)
+            except Exception:  # noqa: BLE001 - a failed beat (DB blip) must not kill the run; the next one retries
+                logger.warning("run %s: heartbeat failed", self.run.pk, exc_info=True)
+                continue
+            if state == "lost":
+                logger.warning("run %s: another driver holds the run now; this one stops", self.run.pk)
+                self.stop_reason = "lost"
+            elif state in (JobStatus.PAUSED, JobStatus.CANCELLED) and self.stop_reason is None:
+                self.stop_reason = state
+
+    # --- one seed ----------------------------------------------------------------------------------------
+    async def _generate(self, work):
+        try:
+            if self.run.mode == GenerationRun.Mode.TURNS:
+                outcome = await self._turns(work)
+            else:
+                outcome = await self._transcript(work)
+        except DispatchRefused:
+            # Nothing was sent for this seed (the budget was reached first): it stays pending for later.
+            await self.db.run(self._release, [work.item_id])
+            return
+        except LLMError as exc:
+            await self._settle_failure(work, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - one seed's surprise must not stop the run; it is recorded
+            logger.exception("run %s: seed %s failed unexpectedly", self.run.pk, work.seed_id)
+            await self._settle_failure(work, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        if outcome is None:
+            await self.db.run(self._release, [work.item_id])
+            return
+        try:
+            await self.db.run(self._save, work, outcome)
+        except Exception as exc:  # noqa: BLE001
+            # Saving failed (a database error): record it on the item so a bad row cannot loop forever; if even
+            # that fails, forget the lease and let it expire, and the seed is tried again.
+            logger.exception("run %s: could not save the dialogue of seed %s", self.run.pk, work.seed_id)
+            try:
+                await self.db.run(self._fail, work, f"could not save the dialogue: {type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001
+                self.claimed.discard(work.item_id)
+
+    async def _settle_failure(self, work, error):
+        try:
+            await self.db.run(self._fail, work, error)
+        except Exception:  # noqa: BLE001 - the lease expires and the seed is tried again
+            logger.exception("run %s: could not record the failure of seed %s", self.run.pk, work.seed_id)
+            self.claimed.discard(work.item_id)
+
+    async def _call(self, *, messages, purpose, stop=None):
+        return await self.llm.chat(
+            model=self.run.model, messages=messages, params=self.run.params, purpose=purpose, job_kind=JOB_KIND,
+            job_id=self.run.pk, stop=stop, gate=self.may_dispatch, on_record=self._count_call,
+        )
+
+    def _note(self, result, calls, purpose):
+        self.tokens_used += result.total_tokens
+        self.cost_used += result.cost_usd
+        calls.append((purpose, result))
+
+    def _base_generation(self):
+        return {
+            "model": self.run.model, "endpoint": self.run.endpoint.name, "params": self.run.params,
+            "mode": self.run.mode, "template": self.template.snapshot(), "max_turns": self.run.max_turns,
+        }
+
+    async def _transcript(self, work):
+        prompt = fill_template(self.template.prompt, topic=work.text)
+        messages = [{"role": "user", "content": prompt}]
+        calls = []
+        result = await self._call(messages=messages, purpose="transcript")
+        self._note(result, calls, "transcript")
+        parsed = parse_transcript(
+            result.text, human_markers=(self.template.human_marker, *DEFAULT_HUMAN_MARKERS),
+            ai_markers=(self.template.ai_marker, *DEFAULT_AI_MARKERS),
+        )
+        generation = self._base_generation()
+        generation["prompts"] = [{"purpose": "transcript", "messages": messages}]
+        return self._outcome(parsed.turns, result.text, parsed.error, result.finish_reason, generation, calls)
+
+    async def _turns(self, work):
+        tpl = self.template
+        turns, raw, calls, prompts = [], [], [], []
+        parse_error, stopped = "", ""
+        finish_reason = ""
+        for _ in range(self.run.max_turns):
+            transcript = render_transcript(turns, human_marker=tpl.human_marker, ai_marker=tpl.ai_marker)
+            human_messages = [{"role": "user", "content": fill_template(tpl.prompt, topic=work.text,
+                                                                        transcript=transcript)}]
+            try:
+                human = await self._call(messages=human_messages, purpose="human", stop=[tpl.ai_marker])
+            except DispatchRefused:
+                if not turns:
+                    raise
+                stopped = self.stop_reason or "budget"
+                break
+            self._note(human, calls, "human")
+            prompts.append({"purpose": "human", "messages": human_messages})
+            raw.append(human.text)
+            question = self._human_text(human.text)
+            if not question:
+                stopped = "human ended the conversation"
+                break
+            turns.append({"role": "human", "text": question})
+            answer_messages = ([{"role": "system", "content": tpl.assistant_system_prompt}]
+                               if tpl.assistant_system_prompt else [])
+            answer_messages += [{"role": "user" if t["role"] == "human" else "assistant", "content": t["text"]}
+                                for t in turns]
+            try:
+                answer = await self._call(messages=answer_messages, purpose="assistant")
+            except DispatchRefused:
+                turns.pop()
+                stopped = self.stop_reason or "budget"
+                break
+            self._note(answer, calls, "assistant")
+            prompts.append({"purpose": "assistant", "messages": answer_messages})
+            raw.append(f"{tpl.ai_marker} {answer.text}")
+            text = answer.text.strip()
+            if not text:
+                turns.pop()
+                parse_error = f"turn {len(turns) + 1}: empty answer"
+                break
+            turns.append({"role": "ai", "text": text})
+            # A cut-off answer anywhere makes the dialogue truncated, not only the last one.
+            finish_reason = "length" if "length" in (finish_reason, answer.finish_reason) else answer.finish_reason
+        if not turns and stopped and stopped != "human ended the conversation":
+            return None  # stopped before a single answer: the seed stays pending, as if untouched
+        if not turns and not parse_error:
+            parse_error = "no complete turn (the simulated human ended at once)"
+        generation = self._base_generation()
+        generation["prompts"] = prompts
+        if stopped:
+            generation["stopped"] = stopped
+        return self._outcome(turns, "\n".join(raw), parse_error, finish_reason, generation, calls)
+
+    def _human_text(self, text):
+        """The simulated human's message: up to the AI marker (servers that ignore `stop`), without the human
+        marker; empty when the human ends the conversation (the end marker) or writes nothing."""
+        tpl = self.template
+        if tpl.ai_marker and tpl.ai_marker in text:
+            text = text.split(tpl.ai_marker, 1)[0]
+        text = text.strip()
+        for marker in (tpl.human_marker, *DEFAULT_HUMAN_MARKERS):
+            if marker and text.startswith(marker):
+                text = text[len(marker):].lstrip(" :").strip()
+                break
+        if tpl.end_marker and tpl.end_marker in text:
+            return ""
+        return text
+
+    def _outcome(self, turns, raw, parse_error, finish_reason, generation, calls):
+        generation["calls"] = [{"purpose": purpose, **result.usage()} for purpose, result in calls]
+        results = [result for _, result in calls]
+        return Outcome(
+            turns=[{"role": t["role"], "text": without_nul(t["text"])} for t in turns],
+            raw_output=without_nul(raw), parse_error=(parse_error or "")[:300], finish_reason=finish_reason or "",
+            generation=generation, prompt_tokens=sum(c.prompt_tokens for c in results),
+            completion_tokens=sum(c.completion_tokens for c in results),
+            cost_usd=sum((c.cost_usd for c in results), Decimal("0")), calls=calls,
+        )
+
+    # --- database work (runs on the DB threads) ----------------------------------------------------------
+    def _count_call(self, call):
+        """In the ledger row's transaction: the run's live usage counters."""
+        GenerationRun.objects.filter(pk=self.run.pk).update(
+            calls=F("calls") + 1, prompt_tokens=F("prompt_tokens") + call.prompt_tokens,
+            completion_tokens=F("completion_tokens") + call.completion_tokens,
+            cost_usd=F("cost_usd") + call.cost_usd,
+        )
+
+    def _claim(self, *, limit):
+        now = timezone.now()
+        expires = now + timedelta(seconds=lease_seconds())
+        items = GenerationItem.objects.filter(run_id=self.run.pk)
+        with transaction.atomic():
+            ids = self._lockable(items.filter(status=GenerationItem.Status.PENDING), limit)
+            if len(ids) < limit:
+                # Leases of a driver that died: take them over (the sweep would put them back anyway).
+                ids += self._lockable(items.filter(status=GenerationItem.Status.IN_FLIGHT, lease_expires_at__lt=now)
+                                      .exclude(pk__in=ids), limit - len(ids))
+            if not ids:
+                return []
+            claimable = Q(status=GenerationItem.Status.PENDING) | Q(status=GenerationItem.Status.IN_FLIGHT,
+                                                                     lease_expires_at__lt=now)
+            items.filter(claimable, pk__in=ids).update(
+                status=GenerationItem.Status.IN_FLIGHT, lease_token=self.token, lease_expires_at=expires,
+                attempts=F("attempts") + 1,
+            )
+            rows = list(items.filter(pk__in=ids, lease_token=self.token, status=GenerationItem.Status.IN_FLIGHT)
+                        .values_list("pk", "seed_id"))
+        texts = dict(Seed.objects.filter(pk__in=[seed_id for _, seed_id in rows]).values_list("pk", "text"))
+        self.claimed.update(pk for pk, _ in rows)
+        return [SeedWork(item_id=pk, seed_id=seed_id, text=texts.get(seed_id, "")) for pk, seed_id in sorted(rows)]
+
+    @staticmethod
+    def _lockable(queryset, limit):
+        if settings.IS_POSTGRES:
+            # Several drivers (a stale one still finishing, a new one) never wait on or take the same rows.
+            queryset = queryset.select_for_update(skip_locked=True)
+        return list(queryset.values_list("pk", flat=True)[:limit])
+
+    def _release(self, item_ids):
+        """Items leased but never sent back to pending (stop, pause, budget)."""
+        GenerationItem.objects.filter(pk__in=item_ids, lease_token=self.token,
+                                      status=GenerationItem.Status.IN_FLIGHT).update(
+            status=GenerationItem.Status.PENDING, lease_token=None, lease_expires_at=None,
+        )
+        self.claimed.difference_update(item_ids)
+
+    def _fail(self, work, error):
+        error = scrub(error, self.run.endpoint.api_key())[:ITEM_ERROR_LIMIT]
+        with transaction.atomic():
+            updated = GenerationItem.objects.filter(
+                pk=work.item_id, lease_token=self.token, status=GenerationItem.Status.IN_FLIGHT,
+            ).update(status=GenerationItem.Status.FAILED, error=error, lease_expires_at=None)
+            if updated:
+                GenerationRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + 1)
+        self.claimed.discard(work.item_id)
+
+    def _save(self, work, outcome):
+        run = self.run
+        dialogue = Dialogue(
+            seed_set_id=run.seed_set_id, seed_id=work.seed_id, run_id=run.pk, source="generated", topic=work.text,
+            original_turns=outcome.turns, raw_output=outcome.raw_output, parse_error=outcome.parse_error,
+            generation=outcome.generation, finish_reason=outcome.finish_reason[:30],
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+            cost_usd=outcome.cost_usd,
+        )
+        dialogue.set_turns(list(outcome.turns))
+        with transaction.atomic():
+            updated = GenerationItem.objects.filter(
+                pk=work.item_id, lease_token=self.token, status=GenerationItem.Status.IN_FLIGHT,
+            ).update(status=GenerationItem.Status.SUCCEEDED, error="", lease_expires_at=None)
+            if not updated:
+                # Another driver took this seed over (this one looked dead): its result wins; the tokens spent
+                # here are in the ledger all the same.
+                self.claimed.discard(work.item_id)
+                return None
+            try:
+                with transaction.atomic():
+                    dialogue.save()
+            except IntegrityError:
+                # The seed already has its dialogue in this run (unique (run, seed)): keep that one.
+                dialogue = None
+            else:
+                GenerationRun.objects.filter(pk=run.pk).update(done=F("done") + 1)
+                try:
+                    flag_dialogue(dialogue, run, work.text)
+                except Exception:  # noqa: BLE001 - a filter bug must not lose the dialogue (its savepoint rolled back)
+                    logger.exception("run %s: filters failed on dialogue %s", run.pk, dialogue.pk)
+        self.claimed.discard(work.item_id)
+        return dialogue.pk if dialogue else None
+
+    def _beat(self):
+        now = timezone.now()
+        if not GenerationRun.objects.filter(pk=self.run.pk, driver_token=self.token).update(heartbeat_at=now):
+            return "lost"
+        # Separate statements, not one transaction: a save holds an item row and then wants the run row.
+        # Only the items this driver is still working on: one whose save failed is let go, and its lease expires.
+        held = list(self.claimed)
+        if held:
+            GenerationItem.objects.filter(pk__in=held, status=GenerationItem.Status.IN_FLIGHT,
+                                          lease_token=self.token).update(
+                lease_expires_at=now + timedelta(seconds=lease_seconds()))
+        return GenerationRun.objects.filter(pk=self.run.pk).values_list("status", flat=True).first()
+
+    def _finish_if_done(self):
+        """End the run when no item is pending or in flight. Locks the run row, like retry_failed does, so a
+        seed put back to pending at the same moment is never left behind by a finished run."""
+        with transaction.atomic():
+            run = GenerationRun.objects.select_for_update().filter(pk=self.run.pk, driver_token=self.token).first()
+            if run is None:
+                self.stop_reason = "lost"
+                return False
+            open_items = GenerationItem.objects.filter(
+                run_id=run.pk, status__in=[GenerationItem.Status.PENDING, GenerationItem.Status.IN_FLIGHT])
+            if open_items.exists():
+                return False
+        flag_near_duplicates(self.run)
+        now = timezone.now()
+        with transaction.atomic():
+            run = GenerationRun.objects.select_for_update().filter(pk=self.run.pk, driver_token=self.token).first()
+            if run is None or run.status in FINISHED:
+                return True
+            status, error = JobStatus.SUCCEEDED, ""
+            if run.failed and not run.done:
+                status, error = JobStatus.FAILED, f"all {run.failed} seed(s) failed; see the failed seeds"
+            GenerationRun.objects.filter(pk=run.pk).update(
+                status=status, error=error, finished_at=now, heartbeat_at=now, driver_token=None,
+            )
+        return True
+
+
+def flag_dialogue(dialogue, run, seed_text):
+    try:
+        from collection import filters
+    except ImportError:  # the filters arrive with another part of the work
+        return
+    filters.flag_dialogue(dialogue, language=run.language, min_turns=run.min_turns, seed_text=seed_text)
+
+
+def flag_near_duplicates(run):
+    """Near-duplicates within the run's seed set: the corpus the run adds to."""
+    try:
+        from collection import filters
+    except ImportError:
+        return
+    try:
+        filters.flag_near_duplicates(Dialogue.objects.filter(seed_set_id=run.seed_set_id))
+    except Exception:  # noqa: BLE001 - a flagging pass must not turn a finished run into a failed one
+        logger.exception("run %s: near-duplicate pass failed", run.pk)
+
+
+def drive_generation_run(*, run_id):
+    """Claim a queued run and drive it until it is finished, paused, cancelled, out of budget, or taken over.
+    Returns what happened, for logs: "finished", "paused", "cancelled", "budget", "lost", "not claimed"."""
+    token = uuid.uuid4()
+    now = timezone.now()
+    claimed = GenerationRun.objects.filter(pk=run_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING, driver_token=token, started_at=Coalesce(F("started_at"), now), heartbeat_at=now,
+        finished_at=None, error="",
+    )
+    if not claimed:
+        return "not claimed"
+    run = GenerationRun.objects.select_related("endpoint", "template", "seed_set").get(pk=run_id)
+    driver = Driver(run, token)
+    try:
+        finished = asyncio.run(driver.drive())
+    except Exception as exc:  # noqa: BLE001 - the run row must say why it stopped
+        logger.exception("run %s: driver failed", run_id)
+        GenerationRun.objects.filter(pk=run_id, driver_token=token).exclude(status__in=FINISHED).update(
+            status=JobStatus.FAILED, error=scrub(f"{type(exc).__name__}: {exc}", run.endpoint.api_key())[:2000],
+            finished_at=timezone.now(), driver_token=None,
+        )
+        return "failed"
+    if finished:
+        return "finished"
+    reason = driver.stop_reason or "stopped"
+    mine = GenerationRun.objects.filter(pk=run_id, driver_token=token)
+    if reason == "budget":
+        now = timezone.now()
+        untouched = GenerationItem.objects.filter(run_id=run_id, status=GenerationItem.Status.PENDING).exists()
+        mine.filter(status=JobStatus.RUNNING).update(
+            status=JobStatus.SUCCEEDED, budget_exhausted=untouched, finished_at=now, heartbeat_at=now,
+            driver_token=None,
+        )
+        flag_near_duplicates(run)
+    elif reason != "lost":
+        mine.update(driver_token=None)
+    return reason
