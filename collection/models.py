@@ -165,6 +165,23 @@ class SelfChatTemplate(models.Model):
     def __str__(self):
         return f"{self.name} v{self.version}"
 
+    @classmethod
+    def create_version(cls, *, name, created_by=None, **fields):
+        """The next version of the template `name` (version 1 for a new name); earlier versions stay as they were.
+
+        Two people saving the same name at once both get a version: the unique (name, version) constraint refuses
+        the second, which then takes the next number."""
+        from django.db import IntegrityError, transaction
+
+        for _ in range(5):
+            latest = cls.objects.filter(name=name).aggregate(v=models.Max("version"))["v"] or 0
+            try:
+                with transaction.atomic():
+                    return cls.objects.create(name=name, version=latest + 1, created_by=created_by, **fields)
+            except IntegrityError:
+                continue
+        raise IntegrityError(f"template {name!r}: could not pick a free version number")
+
     def snapshot(self):
         return {
             "name": self.name, "version": self.version, "mode": self.mode, "prompt": self.prompt,

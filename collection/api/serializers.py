@@ -3,13 +3,13 @@
 API keys never appear here: an endpoint shows the NAME of the environment variable and whether it is set.
 """
 import re
-import string
 
 from django.conf import settings
 from rest_framework import serializers
 
 from baize_eval.llm.models import Endpoint, ModelPrice
 from collection.api.filters import SELECTION_PARAMETERS
+from collection.services import generation_run_progress
 from collection.models import (
     Dialogue,
     DialogueFlag,
@@ -136,26 +136,20 @@ class TemplateSerializer(serializers.ModelSerializer):
                         "name": {"validators": []}}
 
     def validate(self, data):
-        placeholders = {"topic"} if data.get("mode", SelfChatTemplate.Mode.TRANSCRIPT) == "transcript" \
-            else {"topic", "transcript"}
-        try:
-            names = {field for _, field, _, _ in string.Formatter().parse(data["prompt"]) if field is not None}
-        except ValueError as error:
-            raise serializers.ValidationError({"prompt": [f"Not a valid template: {error}. Write a literal brace "
-                                                          f"as {{{{ or }}}}."]}) from None
-        unknown = names - placeholders
-        if unknown:
+        # Placeholders are replaced literally (other braces are fine); the seed must have somewhere to go.
+        needed = ["{topic}"] if data.get("mode", "transcript") == "transcript" else ["{topic}", "{transcript}"]
+        missing = [p for p in needed if p not in data["prompt"]]
+        if missing:
             raise serializers.ValidationError({"prompt": [
-                f"Unknown placeholder {{{sorted(unknown)[0]}}}; this mode knows "
-                + ", ".join(f"{{{p}}}" for p in sorted(placeholders)) + "."]})
-        if "topic" not in names:
-            raise serializers.ValidationError({"prompt": ["Must contain {topic}, where the seed goes."]})
+                f"A {data.get('mode', 'transcript')} prompt must contain {' and '.join(needed)}; "
+                f"{', '.join(missing)} is missing."]})
         return data
 
 
 # --- Generation runs --------------------------------------------------------------------------------------
 class RunParamsSerializer(serializers.Serializer):
-    """Sampling parameters passed to the endpoint; unknown keys are refused so a typo does not go unnoticed."""
+    """Sampling parameters passed to the endpoint. The common ones are checked here; other keys (e.g. `stop`)
+    pass through to the server unchanged."""
 
     temperature = serializers.FloatField(min_value=0, max_value=2, required=False)
     top_p = serializers.FloatField(min_value=0, max_value=1, required=False)
@@ -165,12 +159,8 @@ class RunParamsSerializer(serializers.Serializer):
     seed = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False)
 
     def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError(
-                    {unknown[0]: [f"Unknown sampling parameter; known: {', '.join(self.fields)}."]})
-        return super().to_internal_value(data)
+        known = super().to_internal_value(data)
+        return {**{k: v for k, v in data.items() if k not in self.fields}, **known}
 
 
 class GenerationRunSerializer(serializers.ModelSerializer):
@@ -200,8 +190,6 @@ class GenerationRunDetailSerializer(GenerationRunSerializer):
         read_only_fields = fields
 
     def get_progress(self, run) -> dict:
-        from collection.services import generation_run_progress
-
         return generation_run_progress(run)
 
 
@@ -210,9 +198,10 @@ class GenerationRunCreateSerializer(serializers.Serializer):
     seed_set = serializers.PrimaryKeyRelatedField(queryset=SeedSet.objects.all())
     endpoint = serializers.PrimaryKeyRelatedField(queryset=Endpoint.objects.all())
     model = serializers.CharField(max_length=200)
-    template = serializers.PrimaryKeyRelatedField(queryset=SelfChatTemplate.objects.all())
+    template = serializers.PrimaryKeyRelatedField(queryset=SelfChatTemplate.objects.all(), required=False,
+                                                  help_text="Default: the newest built-in template for the mode.")
     mode = serializers.ChoiceField(choices=GenerationRun.Mode.choices, required=False,
-                                  help_text="Default: the template's mode.")
+                                  help_text="Default: the template's mode (transcript without a template).")
     params = RunParamsSerializer(required=False)
     max_turns = serializers.IntegerField(min_value=1, max_value=50, default=4)
     concurrency = serializers.IntegerField(min_value=1, max_value=512, default=8)

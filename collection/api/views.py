@@ -16,8 +16,15 @@ from django.db.models.functions import Coalesce
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import get_valid_filename
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -28,14 +35,15 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
-from django_filters.rest_framework import DjangoFilterBackend
 
 from baize_eval.llm.models import Endpoint, ModelPrice
 from baize_eval.roles import IsReviewer
-from collection.exporting import ExportError, export_start
-from collection.seeding import SeedImportError, seed_import_start
-from collection.api import filters, serializers as s
+from collection import review as reviewing
+from collection import services
+from collection.api import filters
+from collection.api import serializers as s
 from collection.api.permissions import ReviewerReadsAdminWrites
+from collection.exporting import ExportError, export_start
 from collection.models import (
     Dialogue,
     DialogueFlag,
@@ -48,6 +56,8 @@ from collection.models import (
     SeedSet,
     SelfChatTemplate,
 )
+from collection.seeding import SeedImportError, seed_import_start
+from collection.templates_default import latest_template
 
 
 class BinaryRenderer(BaseRenderer):
@@ -233,9 +243,8 @@ class TemplateViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixi
     ordering = ["name", "-version"]
 
     def perform_create(self, serializer):
-        from collection.services import template_new_version
-
-        serializer.instance = template_new_version(created_by=self.request.user, **serializer.validated_data)
+        serializer.instance = SelfChatTemplate.create_version(created_by=self.request.user,
+                                                              **serializer.validated_data)
 
 
 class RejectReasonViewSet(ReviewerAPI, mixins.ListModelMixin, viewsets.GenericViewSet):
@@ -268,45 +277,54 @@ class GenerationRunViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateMode
 
     @extend_schema(request=s.GenerationRunCreateSerializer, responses={201: s.GenerationRunDetailSerializer})
     def create(self, request, *args, **kwargs):
-        from collection.services import generation_run_start
-
         serializer = s.GenerationRunCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
-        data["params"] = dict(data.get("params") or {})
-        run = generation_run_start(created_by=request.user, **data)
-        run = self.get_queryset().get(pk=run.pk)
-        return Response(s.GenerationRunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
-
-    def _lifecycle(self, service_name):
-        from collection import services
-
-        run = self.get_object()
+        if "template" not in data:
+            data["template"] = latest_template(data.get("mode", GenerationRun.Mode.TRANSCRIPT))
         try:
-            getattr(services, service_name)(run=run)
-        except services.RunStateError as error:
-            raise Conflict(str(error)) from None
-        return Response(s.GenerationRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data)
+            run = services.generation_run_start(created_by=request.user, **data)
+        except services.RunSpecError as error:
+            raise ValidationError({error.field: [str(error).partition(": ")[2]]}) from None
+        return Response(self._detail(run), status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    def _detail(self, run):
+        return s.GenerationRunDetailSerializer(self.get_queryset().get(pk=run.pk)).data
+
+    def _lifecycle(self, change, refusal):
+        run = self.get_object()
+        if not change(run=run):
+            # The services change only runs in a state that allows it; say which state it is in.
+            run.refresh_from_db()
+            raise Conflict(refusal.format(run=run))
+        return Response(self._detail(run))
+
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE},
+                   summary="Pause: stop sending new seeds; requests in flight finish")
     @action(detail=True, methods=["post"])
     def pause(self, request, pk=None):
-        return self._lifecycle("generation_run_pause")
+        return self._lifecycle(services.generation_run_pause, "Run {run.pk} is {run.status}; only a queued or "
+                                                              "running run can be paused.")
 
-    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE},
+                   summary="Resume a paused run")
     @action(detail=True, methods=["post"])
     def resume(self, request, pk=None):
-        return self._lifecycle("generation_run_resume")
+        return self._lifecycle(services.generation_run_resume, "Run {run.pk} is {run.status}; only a paused run "
+                                                               "can be resumed.")
 
-    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE},
+                   summary="Cancel for good; dialogues already made are kept")
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        return self._lifecycle("generation_run_cancel")
+        return self._lifecycle(services.generation_run_cancel, "Run {run.pk} is already {run.status}.")
 
-    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE})
+    @extend_schema(request=None, responses={200: s.GenerationRunDetailSerializer, 409: CONFLICT_RESPONSE},
+                   summary="Put the failed seeds back in the queue")
     @action(detail=True, methods=["post"], url_path="retry-failed")
     def retry_failed(self, request, pk=None):
-        return self._lifecycle("generation_run_retry_failed")
+        return self._lifecycle(services.generation_run_retry_failed, "Run {run.pk} ({run.status}) has no failed "
+                                                                     "seeds to retry.")
 
 
 # --- Dialogues and review ---------------------------------------------------------------------------------
@@ -342,8 +360,6 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
                                "dialogue since, nothing is written and the answer is 409 with who changed it.")
     @action(detail=True, methods=["post"])
     def review(self, request, pk=None):
-        from collection import review
-
         dialogue = self.get_object()
         serializer = s.ReviewActionSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -352,20 +368,20 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
         common = {"dialogue": dialogue, "actor": request.user, "expected_version": data["expected_version"]}
         try:
             if act == "approve":
-                event = review.review_approve(note=data.get("note", ""), **common)
+                event = reviewing.review_approve(note=data.get("note", ""), **common)
             elif act == "reject":
-                event = review.review_reject(reasons=data["reasons"], note=data.get("note", ""), **common)
+                event = reviewing.review_reject(reasons=data["reasons"], note=data.get("note", ""), **common)
             elif act == "edit":
-                event = review.review_edit_turn(turn_index=data["turn_index"], text=data["text"], **common)
+                event = reviewing.review_edit_turn(turn_index=data["turn_index"], text=data["text"], **common)
             elif act == "truncate":
-                event = review.review_truncate(turn_index=data["turn_index"], **common)
+                event = reviewing.review_truncate(turn_index=data["turn_index"], **common)
             else:
-                event = review.review_undo(**common)
-        except review.ReviewConflict as error:
+                event = reviewing.review_undo(**common)
+        except reviewing.ReviewConflict as error:
             # Also the version now, so a client can reload and decide whether its change still applies.
             return Response({"detail": str(error), "current_version": error.current_version},
                             status=status.HTTP_409_CONFLICT)
-        except review.ReviewError as error:
+        except reviewing.ReviewError as error:
             raise ValidationError(field_error(error, s.ReviewActionSerializer)) from None
         dialogue = self.get_queryset().get(pk=dialogue.pk)
         return Response({"event": s.ReviewEventSerializer(event).data,
@@ -379,8 +395,6 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
                     "so no other reviewer is handed it; 204 when the filter has none left.")
     @action(detail=False, methods=["post"], filter_backends=[])
     def next(self, request):
-        from collection.review import lease_next
-
         spec = filters.clean_selection(request.query_params)
         after_id = request.query_params.get("after_id") or None
         if after_id is not None:
@@ -388,7 +402,7 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
                 after_id = int(after_id)
             except ValueError:
                 raise ValidationError({"after_id": ["Must be a whole number."]}) from None
-        dialogue = lease_next(actor=request.user, spec=spec, after_id=after_id)
+        dialogue = reviewing.lease_next(actor=request.user, spec=spec, after_id=after_id)
         if dialogue is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(s.DialogueDetailSerializer(self.get_queryset().get(pk=dialogue.pk)).data)
@@ -398,16 +412,14 @@ class DialogueViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.RetrieveModelMi
                    description="One review event per dialogue; dialogues leased by another reviewer are skipped.")
     @action(detail=False, methods=["post"], url_path="bulk-review")
     def bulk_review(self, request):
-        from collection import review
-
         serializer = s.BulkReviewSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         spec = filters.clean_selection(data["filter"])
         try:
-            count = review.review_bulk(spec=spec, actor=request.user, action=data["action"],
+            count = reviewing.review_bulk(spec=spec, actor=request.user, action=data["action"],
                                        reasons=tuple(data.get("reasons", ())))
-        except review.ReviewError as error:
+        except reviewing.ReviewError as error:
             raise ValidationError(field_error(error, s.BulkReviewSerializer)) from None
         return Response({"count": count})
 
