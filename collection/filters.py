@@ -276,63 +276,61 @@ def _signatures(texts, a, b):
     return out
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent = {}
+def _lsh_bands(threshold, num_perm):
+    """(bands, rows per band) from datasketch's MinHashLSH optimiser, weighted toward recall: datasketch's default
+    weighs misses and false candidates equally and misses a quarter of the pairs at J=0.9 for threshold 0.85,
+    while here a false candidate only costs one signature comparison."""
+    from datasketch import MinHashLSH
 
-    def find(self, key):
-        root = key
-        while self.parent.get(root, root) != root:
-            root = self.parent[root]
-        while key != root:  # path compression
-            self.parent[key], key = root, self.parent.get(key, key)
-        return root
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    return lsh.b, lsh.r
 
-    def union(self, x, y):
-        rx, ry = self.find(x), self.find(y)
-        if rx != ry:
-            # The lowest id is the root, so it is the one kept.
-            low, high = (rx, ry) if rx < ry else (ry, rx)
-            self.parent[high] = low
+
+def _fmix64(h):
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def _band_keys(signatures, bands, rows):
+    """[texts, bands] uint64: one hash of each band's `rows` MinHash values (equal bands give equal keys)."""
+    values = signatures[:, :bands * rows].reshape(len(signatures), bands, rows).astype(np.uint64)
+    keys = np.zeros((len(signatures), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for row in range(rows):
+            keys = keys * np.uint64(0x100000001B3) + values[:, :, row] + np.uint64(1)
+        return _fmix64(keys)
+
+
+# Signatures are kept as their low 8 bits ("b-bit MinHash", Li & König): 128 bytes a text instead of 512, so a
+# million dialogues fit in a few hundred MB. Two different 8-bit values still match by chance 1 time in 256;
+# the similarity estimate corrects for that.
+_KEPT_BITS = 8
+_CHANCE_MATCH = 1 / (1 << _KEPT_BITS)
 
 
 def near_duplicate_groups(items, *, threshold=0.85, num_perm=128, chunk=5000):
-    """{duplicate id: kept id} over an iterable of (id, text): clusters of texts whose estimated Jaccard similarity
-    of word shingles is >= threshold (transitively); the lowest id of each cluster is kept and is not a key.
+    """{duplicate id: kept id} over an iterable of (integer id, text): clusters of texts whose estimated Jaccard
+    similarity of word shingles is >= threshold, linked transitively; the lowest id of each cluster is kept and is
+    not a key. Texts without words are never grouped; a repeated id counts once (its first text).
 
-    Streams the items in chunks; memory is the signatures (num_perm * 4 bytes per text) plus the LSH index."""
-    from datasketch import LeanMinHash, MinHashLSH
-
-    # Band sizes weighted toward recall (datasketch's default weighs misses and false candidates equally, and
-    # misses a quarter of pairs at J=0.9 for threshold 0.85): a false candidate costs one signature comparison.
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    Streams the items in chunks of `chunk`: MinHash signatures (datasketch's affine32 scheme) are hashed into LSH
+    bands (sizes from datasketch's MinHashLSH optimiser); texts sharing a band are candidates, confirmed by the
+    estimated Jaccard. Memory is about 250 bytes a text, whatever the texts' length."""
+    bands, rows = _lsh_bands(threshold, num_perm)
     a, b = _minhash_permutations(num_perm)
-    signatures = {}
-    exact = {}
-    clusters = _UnionFind()
-    empty = np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+    empty = np.iinfo(np.uint32).max
+    id_parts, key_parts, signature_parts = [], [], []
 
     def process(batch):
-        sigs = _signatures([text for _, text in batch], a, b)
-        for (key, _), sig in zip(batch, sigs):
-            if key in signatures or np.array_equal(sig, empty):
-                continue  # a repeated id, or a text without words: nothing to compare
-            fingerprint = sig.tobytes()
-            if fingerprint in exact:
-                # Same signature as one already indexed: same cluster, and indexing it too would make every later
-                # query of a big cluster of copies return all of them.
-                clusters.union(key, exact[fingerprint])
-                continue
-            exact[fingerprint] = key
-            sketch = LeanMinHash(seed=MINHASH_SEED, hashvalues=sig, scheme=MINHASH_SCHEME)
-            for candidate in lsh.query(sketch):
-                if clusters.find(candidate) == clusters.find(key):
-                    continue
-                # LSH candidates are likely, not certain: confirm with the estimated Jaccard.
-                if np.count_nonzero(signatures[candidate] == sig) >= threshold * num_perm:
-                    clusters.union(key, candidate)
-            lsh.insert(key, sketch, check_duplication=False)
-            signatures[key] = sig
+        signatures = _signatures([text for _, text in batch], a, b)
+        has_words = ~(signatures == empty).all(axis=1)
+        id_parts.append(np.fromiter((key for key, _ in batch), dtype=np.int64, count=len(batch))[has_words])
+        key_parts.append(_band_keys(signatures[has_words], bands, rows))
+        signature_parts.append(signatures[has_words].astype(np.uint8))
 
     batch = []
     for key, text in items:
@@ -341,7 +339,62 @@ def near_duplicate_groups(items, *, threshold=0.85, num_perm=128, chunk=5000):
             process(batch)
             batch = []
     process(batch)
-    return {key: clusters.find(key) for key in list(clusters.parent) if clusters.find(key) != key}
+
+    ids = np.concatenate(id_parts)
+    ids, first = np.unique(ids, return_index=True)  # sorted by id: the lowest row of a cluster is its lowest id
+    if len(ids) < 2:
+        return {}
+    keys = np.concatenate(key_parts)[first]
+    signatures = np.concatenate(signature_parts)[first]
+    del id_parts, key_parts, signature_parts
+
+    labels = np.arange(len(ids))  # each row's lowest known row in its cluster
+    for band in range(bands):
+        left, right = _band_candidates(keys[:, band])
+        if not len(left):
+            continue
+        matches = np.count_nonzero(signatures[left] == signatures[right], axis=1) / num_perm
+        similar = (matches - _CHANCE_MATCH) / (1 - _CHANCE_MATCH) >= threshold
+        _link(labels, left[similar], right[similar])
+
+    duplicates = np.flatnonzero(labels != np.arange(len(ids)))
+    return dict(zip(ids[duplicates].tolist(), ids[labels[duplicates]].tolist()))
+
+
+def _band_candidates(band_keys):
+    """Row pairs that share this band's key: each row with the one before it and with the first of its run (not
+    every pair, so a thousand copies of one text cost two thousand comparisons, not half a million)."""
+    order = np.argsort(band_keys, kind="stable")  # stable: within a run, rows (ids) stay in ascending order
+    sorted_keys = band_keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    if not same.any():
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    run_start = np.flatnonzero(np.concatenate(([True], ~same)))
+    positions = np.flatnonzero(same) + 1
+    heads = run_start[np.searchsorted(run_start, positions, side="right") - 1]
+    left = np.concatenate((order[positions - 1], order[heads]))
+    right = np.concatenate((order[positions], order[positions]))
+    distinct = left != right
+    return left[distinct], right[distinct]
+
+
+def _link(labels, left, right):
+    """Merge clusters along confirmed pairs: every row's label becomes the lowest row reachable from it
+    (min-label propagation with pointer jumping, all in numpy)."""
+    while len(left):
+        lowest = np.minimum(labels[left], labels[right])
+        before = labels.copy()
+        np.minimum.at(labels, left, lowest)
+        np.minimum.at(labels, right, lowest)
+        np.minimum.at(labels, before, labels.copy())  # a lowered row lowers its old root, hence its whole cluster
+        while True:
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels[:] = jumped
+        if np.array_equal(labels[left], labels[right]):
+            return
 
 
 # ---------------------------------------------------------------------------------------------------------------
