@@ -192,7 +192,8 @@ def test_it_clusters_near_duplicates_transitively():
 
 
 def test_it_computes_the_same_minhash_as_datasketch():
-    texts = ["the quick brown fox jumps over the lazy dog", "basil", "罗勒喜欢温暖的地方", "a b c " * 50]
+    very_long = " ".join(f"w{i % 7000}" for i in range(60_000))  # more shingles than one numpy pass takes
+    texts = ["the quick brown fox jumps over the lazy dog", "basil", "罗勒喜欢温暖的地方", "a b c " * 50, very_long]
     for text, signature in zip(texts, minhash_signatures(texts, num_perm=64)):
         reference = MinHash(num_perm=64, seed=1, scheme="affine32", hashfunc=int)
         reference.update_batch([int(h) for h in _shingle_hashes(text)])
