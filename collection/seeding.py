@@ -15,8 +15,10 @@ demo) they go in with bulk_create(ignore_conflicts=True).
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 REPORT_LIMIT = 1000
 PROGRESS_EVERY_ROWS = 10_000
 SQLITE_BATCH = 2_000
-COPY_CHUNK_ROWS = 5_000
+BATCH_ROWS = 50_000
 _SOURCE_REF_MAX = Seed._meta.get_field("source_ref").max_length
 
 
@@ -217,38 +219,96 @@ def _copy_escape(value):
 
 
 def _insert_postgres(seed_set_id, rows, job_id):
-    """COPY into a temporary table, then one INSERT … ON CONFLICT DO NOTHING; returns how many rows went in."""
+    """Batches: COPY into a temporary table, then INSERT … ON CONFLICT DO NOTHING; returns how many rows went in.
+
+    The file is read and parsed in a background thread while the database works on the previous batch, so the
+    import takes about as long as the database's share of it (see bench/seed_import.py).
+    """
     staging = f"seed_import_{int(job_id)}"
+    inserted = 0
+    now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             f"CREATE TEMPORARY TABLE {staging} (ord bigint, text text, text_hash varchar(40), source_ref text) "
             "ON COMMIT DROP"
         )
-        with cursor.copy(f"COPY {staging} (ord, text, text_hash, source_ref) FROM STDIN") as copy:
-            chunk = []
-            ordinal = 0
-            for text, digest, where in rows:
-                ordinal += 1
-                # Normalized text holds no tab/newline/CR (whitespace is collapsed), only backslashes need care.
-                if "\\" in text:
-                    text = text.replace("\\", "\\\\")
-                chunk.append(f"{ordinal}\t{text}\t{digest}\t{_copy_escape(where)}\n")
-                if len(chunk) >= COPY_CHUNK_ROWS:
-                    copy.write("".join(chunk))
-                    chunk.clear()
-            if chunk:
-                copy.write("".join(chunk))
-        # The first occurrence in the file wins (ORDER BY ord), so ids and source_ref follow the file.
-        cursor.execute(
-            f"INSERT INTO {Seed._meta.db_table} (seed_set_id, text, text_hash, source_ref, created_at) "
-            f"SELECT %s, text, text_hash, source_ref, %s FROM {staging} ORDER BY ord "
-            "ON CONFLICT (seed_set_id, text_hash) DO NOTHING",
-            [seed_set_id, timezone.now()],
-        )
-        inserted = cursor.rowcount
+        for copy_text in _in_background(_copy_batches(rows)):
+            with cursor.copy(f"COPY {staging} (ord, text, text_hash, source_ref) FROM STDIN") as copy:
+                copy.write(copy_text)
+            # The first occurrence in the file wins (ORDER BY ord), so ids and source_ref follow the file; rows
+            # already in the set (from this import's earlier batches or before) are duplicates.
+            cursor.execute(
+                f"INSERT INTO {Seed._meta.db_table} (seed_set_id, text, text_hash, source_ref, created_at) "
+                f"SELECT %s, text, text_hash, source_ref, %s FROM {staging} ORDER BY ord "
+                "ON CONFLICT (seed_set_id, text_hash) DO NOTHING",
+                [seed_set_id, now],
+            )
+            inserted += cursor.rowcount
+            cursor.execute(f"TRUNCATE {staging}")
         # ON COMMIT DROP covers the usual case; this covers an import run inside a longer transaction.
         cursor.execute(f"DROP TABLE {staging}")
-        return inserted
+    return inserted
+
+
+def _copy_batches(rows):
+    """COPY text-format data for BATCH_ROWS rows at a time."""
+    lines = []
+    ordinal = 0
+    for text, digest, where in rows:
+        ordinal += 1
+        # Normalized text holds no tab/newline/CR (whitespace is collapsed); only backslashes need escaping.
+        if "\\" in text:
+            text = text.replace("\\", "\\\\")
+        lines.append(f"{ordinal}\t{text}\t{digest}\t{_copy_escape(where)}\n")
+        if len(lines) >= BATCH_ROWS:
+            yield "".join(lines)
+            lines = []
+    if lines:
+        yield "".join(lines)
+
+
+def _in_background(items, depth=2):
+    """Iterate `items` in a thread, handing them over a bounded queue; its exceptions re-raise here.
+
+    Waiting for the database releases the GIL, so the thread reads the next batch meanwhile. The thread touches
+    the database only through _Progress's own connection.
+    """
+    handover = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(message):
+        while not stop.is_set():
+            try:
+                handover.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(("error", exc))
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=produce, name="seed-import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handover.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _insert_bulk(seed_set, rows):
@@ -284,6 +344,8 @@ class _Progress:
         try:
             if self.conn is None:
                 self.conn = connection.copy()
+                # Created in the reader thread; closed from whichever thread finishes the import.
+                self.conn.inc_thread_sharing()
                 with self.conn.cursor() as cursor:
                     # Never wait on the import row: a missed heartbeat is harmless, a stuck import is not.
                     cursor.execute("SET lock_timeout = '500ms'")
