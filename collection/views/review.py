@@ -260,9 +260,11 @@ def _dialogue_page(request, dialogue_id, *, status=200, problem=None, conflict=N
     prev_id, next_id = _neighbour(spec, dialogue.pk, -1), _neighbour(spec, dialogue.pk, +1)
     held_by_other = (dialogue.lease_holder_id and dialogue.lease_holder_id != request.user.pk
                      and dialogue.lease_expires_at and dialogue.lease_expires_at > timezone.now())
-    turns = dialogue.turns
+    turns, original = dialogue.turns, dialogue.original_turns
     context = {
-        "dialogue": dialogue, "turns": list(enumerate(turns)), "original_changed": dialogue.original_turns != turns,
+        "dialogue": dialogue,
+        "turns": [(i, turn, i >= len(original) or original[i]["text"] != turn["text"]) for i, turn in enumerate(turns)],
+        "original_changed": original != turns,
         "original_turns": list(enumerate(dialogue.original_turns)),
         "flags": list(dialogue.flags.order_by("rule")), "rules": RULES,
         "generation": _generation_summary(dialogue.generation),
@@ -277,14 +279,15 @@ def _dialogue_page(request, dialogue_id, *, status=200, problem=None, conflict=N
         "queue_url": _with_query("/review/", query),
         "next_undecided_url": _with_query("/review/next/", _query(spec, sort, after=dialogue.pk)),
         "problem": problem, "conflict": conflict, "draft": draft,
-        "decisions": _decisions_of(dialogue) if dialogue.seed_set.reviews_required > 1 else None,
+        "decisions": _decisions_of(dialogue, reason_labels) if dialogue.seed_set.reviews_required > 1 else None,
         "lease_seconds": review.LEASE_SECONDS,
     }
     return render(request, "collection/dialogue.html", context, status=status)
 
 
-def _decisions_of(dialogue):
-    return review_decisions([dialogue.pk]).get(dialogue.pk, [])
+def _decisions_of(dialogue, reason_labels):
+    return [(user, status, [reason_labels.get(c, c) for c in reasons or []], when)
+            for user, status, reasons, when in review_decisions([dialogue.pk]).get(dialogue.pk, [])]
 
 
 def review_decisions(dialogue_ids):
