@@ -14,7 +14,6 @@ ReaderError, or, when `on_bad` is given, is passed to it and reading goes on. A 
 import codecs
 import csv
 import gzip
-import io
 import os
 import zlib
 from pathlib import Path
@@ -197,8 +196,6 @@ class LineReader(Reader):
         raw = open(path, "rb")
         self.file = gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw
         self._raw = raw
-        if self.compressed:
-            self.file = io.BufferedReader(self.file, buffer_size=1 << 20)
 
     def close(self):
         self.file.close()

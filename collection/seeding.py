@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -91,6 +92,8 @@ def seed_import_execute(import_id):
     try:
         with _local_file(job.path) as local_path:
             _run(job, local_path, tally)
+    except _Superseded:
+        logger.warning("seed import %s: this attempt was superseded by a re-queued one; rolled back", job.pk)
     except (ReaderError, SeedImportError) as exc:
         _fail(job, str(exc), tally)
     except Exception as exc:  # the row must not stay "running" whatever broke; the traceback goes to the log
@@ -98,6 +101,22 @@ def seed_import_execute(import_id):
         _fail(job, f"{job.filename}: the import stopped on an unexpected error ({type(exc).__name__}: {exc})", tally)
     job.refresh_from_db()
     return job
+
+
+def seed_imports_recover_stale(*, stale_seconds=None):
+    """Re-queue seed imports whose worker went silent (no heartbeat for `stale_seconds`, default
+    settings.JOB_STALE_SECONDS). Safe: an import commits all at once, so a dead one left nothing behind, and a
+    slow one that finishes after all rolls back (see _this_attempt). Returns how many were re-queued."""
+    from collection.tasks import import_seeds
+
+    cutoff = timezone.now() - timedelta(seconds=stale_seconds or settings.JOB_STALE_SECONDS)
+    requeued = 0
+    stale = Import.objects.filter(kind=Import.Kind.SEEDS, status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
+    for pk in stale.values_list("pk", flat=True):
+        if stale.filter(pk=pk).update(status=JobStatus.QUEUED, heartbeat_at=timezone.now()):
+            requeued += 1
+            transaction.on_commit(lambda pk=pk: import_seeds.delay(pk))
+    return requeued
 
 
 class _Tally:
@@ -119,8 +138,16 @@ class _Tally:
             self.report.append(error.as_report())
 
 
+class _Superseded(Exception):
+    """This attempt was declared stale and the import re-queued; its work is rolled back."""
+
+
+def _this_attempt(job):
+    return Import.objects.filter(pk=job.pk, status=JobStatus.RUNNING, started_at=job.started_at)
+
+
 def _fail(job, message, tally):
-    Import.objects.filter(pk=job.pk).update(
+    _this_attempt(job).update(
         status=JobStatus.FAILED, error=message, finished_at=timezone.now(), heartbeat_at=timezone.now(),
         rows_read=tally.rows_read, imported=0, duplicates=0, bad=tally.bad, report=tally.report,
     )
@@ -158,13 +185,16 @@ def _run(job, local_path, tally):
         if tally.good == 0:
             raise SeedImportError(f"{job.filename}: no seeds found in the file"
                                   + (f" (all {tally.bad} rows were bad)" if tally.bad else ""))
-        # Counts and status commit together with the seeds: a reader never sees "succeeded" without them.
+        # Counts and status commit together with the seeds: a reader never sees "succeeded" without them. The
+        # condition makes a run that was given up on as stale (and re-queued) roll back instead of counting twice.
         now = timezone.now()
-        Import.objects.filter(pk=job.pk).update(
+        finished = _this_attempt(job).update(
             status=JobStatus.SUCCEEDED, finished_at=now, heartbeat_at=now, error="", seed_set=seed_set,
             rows_read=tally.rows_read, imported=inserted, duplicates=tally.good - inserted, bad=tally.bad,
             report=tally.report,
         )
+        if not finished:
+            raise _Superseded()
 
 
 def _seed_set_for(job):
