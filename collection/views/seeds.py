@@ -45,7 +45,7 @@ class SeedUploadForm(forms.Form):
         if upload.size > limit:
             raise forms.ValidationError(
                 f"{upload.name} is {upload.size / 1024 / 1024:.1f} MB; uploads are limited to {settings.MAX_UPLOAD_MB} MB "
-                "(MAX_UPLOAD_MB). Import larger files with manage.py import_seeds."
+                "(MAX_UPLOAD_MB). Import larger files with manage.py import_seeds.", code="too_large",
             )
         return upload
 
@@ -61,9 +61,9 @@ def _count(model, **filters):
 
 @role_required(REVIEWER)
 def seed_set_list(request):
-    status = 200
+    status, refusal = 200, ""
     if request.method == "POST":
-        form, job, status = _handle_upload(request)
+        form, job, status, refusal = _handle_upload(request)
         if job is not None:
             return redirect(f"/imports/{job.pk}/")
     else:
@@ -73,25 +73,26 @@ def seed_set_list(request):
     ).order_by("name")
     imports = Import.objects.filter(kind=Import.Kind.SEEDS).select_related("seed_set", "created_by")[:10]
     return render(request, "collection/seed_list.html", {
-        "form": form, "seed_sets": seed_sets, "imports": imports, "max_upload_mb": settings.MAX_UPLOAD_MB,
+        "form": form, "refusal": refusal, "seed_sets": seed_sets, "imports": imports,
+        "max_upload_mb": settings.MAX_UPLOAD_MB,
     }, status=status)
 
 
 def _handle_upload(request):
-    """(form, the started Import or None, HTTP status)."""
+    """(form, the started Import or None, HTTP status, why the upload was refused before reading it)."""
     limit = settings.MAX_UPLOAD_MB * 1024 * 1024
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
     if declared > limit + 64 * 1024:  # refuse before receiving the body (64 KB for the other fields)
-        form = SeedUploadForm()
-        form.add_error(None, f"The upload is {declared / 1024 / 1024:.1f} MB; uploads are limited to "
-                             f"{settings.MAX_UPLOAD_MB} MB (MAX_UPLOAD_MB). Import larger files with manage.py import_seeds.")
-        return form, None, 413
+        return SeedUploadForm(), None, 413, (
+            f"The upload is {declared / 1024 / 1024:.1f} MB; uploads are limited to {settings.MAX_UPLOAD_MB} MB "
+            "(MAX_UPLOAD_MB). Import larger files with manage.py import_seeds."
+        )
     form = SeedUploadForm(request.POST, request.FILES)
     if not form.is_valid():
-        return form, None, 413 if "file" in form.errors and request.FILES.get("file") else 400
+        return form, None, 413 if form.has_error("file", "too_large") else 400, ""
     data = form.cleaned_data
     upload = data["file"]
     filename = get_valid_filename(posixpath.basename(upload.name)) or "upload"
@@ -106,8 +107,8 @@ def _handle_upload(request):
     except SeedImportError as exc:
         default_storage.delete(stored)
         form.add_error(None, str(exc))
-        return form, None, 400
-    return form, job, 302
+        return form, None, 400, ""
+    return form, job, 302, ""
 
 
 @role_required(REVIEWER)
