@@ -34,7 +34,6 @@ from collection.readers import FORMATS, ReaderError, iter_texts
 logger = logging.getLogger(__name__)
 
 REPORT_LIMIT = 1000
-PROGRESS_EVERY_ROWS = 10_000
 SQLITE_BATCH = 2_000
 BATCH_ROWS = 50_000
 _SOURCE_REF_MAX = Seed._meta.get_field("source_ref").max_length
@@ -175,11 +174,11 @@ def _local_file(path):
 def _run(job, local_path, tally):
     texts = iter_texts(local_path, column=job.column or None, fmt=job.format or None, name=job.filename,
                        on_bad=tally.on_bad)
-    rows = _seed_rows(texts, tally, _Progress(job.pk))
-    with transaction.atomic():
+    rows = _seed_rows(texts, tally)
+    with transaction.atomic(), contextlib.closing(_Progress(job.pk, tally)) as progress:
         seed_set = _seed_set_for(job)
         if connection.vendor == "postgresql":
-            inserted = _insert_postgres(seed_set.pk, rows, job.pk)
+            inserted = _insert_postgres(seed_set.pk, rows, job.pk, after_batch=progress.update)
         else:
             inserted = _insert_bulk(seed_set, rows)
         if tally.good == 0:
@@ -220,25 +219,20 @@ def _seed_set_for(job):
     return seed_set
 
 
-def _seed_rows(texts, tally, progress):
+def _seed_rows(texts, tally):
     """(normalized text, hash, where) for each good seed; bad ones go to the tally (or raise)."""
     normalize, hash_of = normalize_seed_text, seed_hash
-    try:
-        for where, raw in texts:
-            text = normalize(raw)
-            if not text:
-                tally.on_bad(ReaderError(where, "empty seed (nothing but whitespace)"))
-                continue
-            if "\x00" in text:
-                tally.on_bad(ReaderError(where, "contains a NUL character, which the database cannot store"))
-                continue
-            tally.rows_read += 1
-            tally.good += 1
-            if tally.good % PROGRESS_EVERY_ROWS == 0:
-                progress.update(tally.rows_read)
-            yield text, hash_of(text), where[:_SOURCE_REF_MAX]
-    finally:
-        progress.close()
+    for where, raw in texts:
+        text = normalize(raw)
+        if not text:
+            tally.on_bad(ReaderError(where, "empty seed (nothing but whitespace)"))
+            continue
+        if "\x00" in text:
+            tally.on_bad(ReaderError(where, "contains a NUL character, which the database cannot store"))
+            continue
+        tally.rows_read += 1
+        tally.good += 1
+        yield text, hash_of(text), where[:_SOURCE_REF_MAX]
 
 
 def _copy_escape(value):
@@ -248,7 +242,7 @@ def _copy_escape(value):
     return value
 
 
-def _insert_postgres(seed_set_id, rows, job_id):
+def _insert_postgres(seed_set_id, rows, job_id, *, after_batch):
     """Batches: COPY into a temporary table, then INSERT … ON CONFLICT DO NOTHING; returns how many rows went in.
 
     The file is read and parsed in a background thread while the database works on the previous batch, so the
@@ -275,6 +269,7 @@ def _insert_postgres(seed_set_id, rows, job_id):
             )
             inserted += cursor.rowcount
             cursor.execute(f"TRUNCATE {staging}")
+            after_batch()
         # ON COMMIT DROP covers the usual case; this covers an import run inside a longer transaction.
         cursor.execute(f"DROP TABLE {staging}")
     return inserted
@@ -300,8 +295,8 @@ def _copy_batches(rows):
 def _in_background(items, depth=2):
     """Iterate `items` in a thread, handing them over a bounded queue; its exceptions re-raise here.
 
-    Waiting for the database releases the GIL, so the thread reads the next batch meanwhile. The thread touches
-    the database only through _Progress's own connection.
+    Waiting for the database releases the GIL, so the thread reads the next batch meanwhile. The thread does not
+    touch the database.
     """
     handover = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -358,13 +353,14 @@ class _Progress:
     """Writes rows_read and the heartbeat on a second connection, because the import's own transaction is not
     visible until it commits. Postgres only: on SQLite a second writer would wait for the import's lock."""
 
-    def __init__(self, job_id):
+    def __init__(self, job_id, tally):
         self.job_id = job_id
+        self.tally = tally
         self.conn = None
         self.last = 0.0
-        self.interval = min(settings.JOB_HEARTBEAT_SECONDS, 2.0)
+        self.interval = min(settings.JOB_HEARTBEAT_SECONDS, 1.0)
 
-    def update(self, rows_read):
+    def update(self):
         if connection.vendor != "postgresql":
             return
         now = time.monotonic()
@@ -374,15 +370,13 @@ class _Progress:
         try:
             if self.conn is None:
                 self.conn = connection.copy()
-                # Created in the reader thread; closed from whichever thread finishes the import.
-                self.conn.inc_thread_sharing()
                 with self.conn.cursor() as cursor:
                     # Never wait on the import row: a missed heartbeat is harmless, a stuck import is not.
                     cursor.execute("SET lock_timeout = '500ms'")
             with self.conn.cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {Import._meta.db_table} SET rows_read = %s, heartbeat_at = %s WHERE id = %s",
-                    [rows_read, timezone.now(), self.job_id],
+                    [self.tally.rows_read, timezone.now(), self.job_id],
                 )
         except DatabaseError:
             logger.warning("seed import %s: progress update skipped", self.job_id, exc_info=True)
