@@ -175,10 +175,10 @@ def _run(job, local_path, tally):
     texts = iter_texts(local_path, column=job.column or None, fmt=job.format or None, name=job.filename,
                        on_bad=tally.on_bad)
     rows = _seed_rows(texts, tally)
-    with transaction.atomic(), contextlib.closing(_Progress(job.pk, tally)) as progress:
+    with transaction.atomic(), contextlib.closing(ImportProgress(job.pk)) as progress:
         seed_set = _seed_set_for(job)
         if connection.vendor == "postgresql":
-            inserted = _insert_postgres(seed_set.pk, rows, job.pk, after_batch=progress.update)
+            inserted = _insert_postgres(seed_set.pk, rows, job.pk, after_batch=lambda: progress.update(tally.rows_read))
         else:
             inserted = _insert_bulk(seed_set, rows)
         if tally.good == 0:
@@ -349,18 +349,19 @@ def _insert_bulk(seed_set, rows):
     return Seed.objects.filter(seed_set=seed_set).count() - before
 
 
-class _Progress:
-    """Writes rows_read and the heartbeat on a second connection, because the import's own transaction is not
-    visible until it commits. Postgres only: on SQLite a second writer would wait for the import's lock."""
+class ImportProgress:
+    """Writes an Import's rows_read and heartbeat on a second connection, because the import's own transaction
+    is not visible until it commits. Postgres only: on SQLite a second writer would wait for the import's lock.
+    Also used by the corpus import. Call update(rows_read) as often as you like (it writes at most once a second)
+    from the thread that created it, and close() at the end."""
 
-    def __init__(self, job_id, tally):
+    def __init__(self, job_id):
         self.job_id = job_id
-        self.tally = tally
         self.conn = None
         self.last = 0.0
         self.interval = min(settings.JOB_HEARTBEAT_SECONDS, 1.0)
 
-    def update(self):
+    def update(self, rows_read):
         if connection.vendor != "postgresql":
             return
         now = time.monotonic()
@@ -376,7 +377,7 @@ class _Progress:
             with self.conn.cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {Import._meta.db_table} SET rows_read = %s, heartbeat_at = %s WHERE id = %s",
-                    [self.tally.rows_read, timezone.now(), self.job_id],
+                    [rows_read, timezone.now(), self.job_id],
                 )
         except DatabaseError:
             logger.warning("seed import %s: progress update skipped", self.job_id, exc_info=True)
@@ -385,3 +386,6 @@ class _Progress:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+_Progress = ImportProgress  # the name collection/corpus_import.py imports
