@@ -43,6 +43,9 @@ def clean_spec(raw):
             value = str(value).strip()
             if len(value) > 500:
                 raise SelectionError(f"{key}: longer than 500 characters")
+            if "\x00" in value:
+                # Postgres text cannot hold NUL; refused here rather than failing inside the query.
+                raise SelectionError(f"{key}: must not contain NUL characters")
             if not value:
                 continue
         spec[key] = value

@@ -68,6 +68,7 @@ def test_it_orders_dialogues(as_reviewer, corpus):
 
 @pytest.mark.parametrize("query,field", [
     ("min_turns=abc", "min_turns"), ("seed_set=-1", "seed_set"), ("status=maybe", "status"), ("q=" + "x" * 501, "q"),
+    ("q=basil%00", "q"),  # Postgres cannot hold NUL: a 400, not a 500 from inside the query
 ])
 def test_it_names_the_bad_filter(as_reviewer, corpus, query, field):
     response = as_reviewer.get(f"/api/dialogues/?{query}")

@@ -65,6 +65,7 @@ def test_it_uses_the_built_in_template_when_none_is_named(as_reviewer, setup):
     ({"concurrency": 0}, "concurrency"),
     ({"params": {"temperature": "hot"}}, "params"),
     ({"params": ["temperature"]}, "params"),
+    ({"params": {"stop": ["\x00"]}}, "params"),  # found by the fuzz run: jsonb cannot store NUL
     ({"mode": "turns"}, "template"),  # the transcript template cannot drive turns mode
     ({"budget_usd": "-1"}, "budget_usd"),
 ])

@@ -5,6 +5,7 @@ API keys never appear here: an endpoint shows the NAME of the environment variab
 import re
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from baize_eval.llm.models import Endpoint, ModelPrice
@@ -29,6 +30,7 @@ RESERVED_ENV_NAMES = {
     "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
 }
 TEXT_MAX = 100_000
+TOPIC_PLACEHOLDER = RegexValidator(r"\{topic\}", "Must contain {topic}, where the seed goes.")
 
 
 class UsernameField(serializers.SlugRelatedField):
@@ -130,19 +132,16 @@ class TemplateSerializer(serializers.ModelSerializer):
                   "end_marker", "created_at", "created_by"]
         read_only_fields = ["version", "created_at"]
         validators = []  # (name, version) is unique; the version is picked when the row is written.
-        extra_kwargs = {"prompt": {"trim_whitespace": False, "max_length": TEXT_MAX},
+        extra_kwargs = {"prompt": {"trim_whitespace": False, "max_length": TEXT_MAX, "validators": [TOPIC_PLACEHOLDER]},
                         "assistant_system_prompt": {"trim_whitespace": False, "max_length": TEXT_MAX},
                         # A template's name is reused by its versions; uniqueness is (name, version).
                         "name": {"validators": []}}
 
     def validate(self, data):
-        # Placeholders are replaced literally (other braces are fine); the seed must have somewhere to go.
-        needed = ["{topic}"] if data.get("mode", "transcript") == "transcript" else ["{topic}", "{transcript}"]
-        missing = [p for p in needed if p not in data["prompt"]]
-        if missing:
+        # Placeholders are replaced literally (other braces are fine); turns mode also shows the conversation.
+        if data.get("mode") == SelfChatTemplate.Mode.TURNS and "{transcript}" not in data["prompt"]:
             raise serializers.ValidationError({"prompt": [
-                f"A {data.get('mode', 'transcript')} prompt must contain {' and '.join(needed)}; "
-                f"{', '.join(missing)} is missing."]})
+                "A turns prompt must contain {transcript}, where the conversation so far goes."]})
         return data
 
 
@@ -160,7 +159,21 @@ class RunParamsSerializer(serializers.Serializer):
 
     def to_internal_value(self, data):
         known = super().to_internal_value(data)
-        return {**{k: v for k, v in data.items() if k not in self.fields}, **known}
+        extra = {k: v for k, v in data.items() if k not in self.fields}
+        if has_nul(extra):
+            raise serializers.ValidationError("Must not contain NUL characters (the database cannot store them).")
+        return {**extra, **known}
+
+
+def has_nul(value):
+    """Whether a JSON value holds a NUL character anywhere (Postgres jsonb refuses \\u0000)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
 
 
 class GenerationRunSerializer(serializers.ModelSerializer):
