@@ -81,6 +81,15 @@ def start_worker(log_path, concurrency):
     return process
 
 
+def cpu_seconds(pid):
+    """user + system CPU seconds a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def baseline(server, n):
     """Baize's collect.py, in spirit: sequential, then sleep 1 s; no retries, no database."""
     import openai
@@ -135,6 +144,8 @@ def main():
         try:
             if not args.no_worker:
                 worker = start_worker(Path(tmp) / "worker.log", args.worker_threads)
+            worker_cpu = cpu_seconds(worker.pid) if worker else None
+            own_cpu = time.process_time()
             enqueued = time.perf_counter()
             run = generation_run_start(seed_set=seed_set, endpoint=endpoint, model="fake-model",
                                        template=latest_template(args.mode), mode=args.mode,
@@ -146,6 +157,9 @@ def main():
                     break
                 time.sleep(0.05)
             wall = time.perf_counter() - enqueued
+            own_cpu = time.process_time() - own_cpu
+            if worker:
+                worker_cpu = cpu_seconds(worker.pid) - worker_cpu
             driven = (run.finished_at - run.started_at).total_seconds()
             calls_per_seed = 1 if args.mode == "transcript" else 2 * 2 + 1
             ideal = args.n * calls_per_seed * args.latency / args.concurrency
@@ -157,6 +171,8 @@ def main():
             print(f"driver (claim -> finished): {driven:.1f} s = {driven / ideal:.2f}x ideal, "
                   f"{run.done / driven:.0f} seeds/s")
             print(f"wall (enqueue -> finished):  {wall:.1f} s = {wall / ideal:.2f}x ideal")
+            print(f"CPU: worker {worker_cpu if worker_cpu is not None else float('nan'):.1f} s, "
+                  f"this process (fake server + polling) {own_cpu:.1f} s")
             if args.baseline_n:
                 server.latency = args.latency
                 seconds = baseline(server, args.baseline_n)

@@ -2,10 +2,13 @@
 
 What a user gets: a queued GenerationRun is driven to the end by one Celery task on the `generation` queue:
   - `run.concurrency` self-chats in flight on one asyncio loop; the database work goes through a few threads;
-  - each finished seed is saved in ONE transaction: its Dialogue (unique per (run, seed), so never twice), its
-    item marked done and the run's counters incremented; its automatic filter flags are set right after;
+  - each finished seed is saved atomically: its Dialogue (unique per (run, seed), so never twice) with its
+    automatic filter flags, its item marked done and the run's counters incremented, all in one transaction;
   - every request's usage goes into the llm.Call ledger and the run's token/cost counters in the same
     transaction, so the run's totals are always the sum over its calls;
+  - those writes go through one writer that commits whatever has queued up since its last commit in a single
+    transaction (group commit): at 64 requests in flight that is a handful of statements per batch instead of a
+    dozen per seed, which is what lets a 2-core machine keep up with the requests;
   - the budget (tokens and/or USD) is checked before EVERY request: once reached nothing new is sent, the
     requests in flight finish (the only overshoot), the run ends `succeeded` with budget_exhausted and the
     untouched seeds stay pending for later;
@@ -26,14 +29,16 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from baize_eval.llm.client import DispatchRefused, EndpointClient, LLMError, scrub
 from baize_eval.llm.dbthreads import DatabaseThreads
-from collection.models import FINISHED, Dialogue, GenerationItem, GenerationRun, JobStatus, Seed
+from baize_eval.llm.models import Call
+from collection import filters
+from collection.models import FINISHED, Dialogue, DialogueFlag, GenerationItem, GenerationRun, JobStatus, Seed
 from collection.parsing import DEFAULT_AI_MARKERS, DEFAULT_HUMAN_MARKERS, parse_transcript, render_transcript
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,8 @@ JOB_KIND = "generation_run"
 # Postgres gets a few connections for the DB work of one run; SQLite has one writer anyway.
 DB_THREADS_POSTGRES = 4
 ITEM_ERROR_LIMIT = 2000
+# Most writes one group commit takes; the rest wait for the next (a transaction stays short).
+WRITE_BATCH = 256
 
 
 def lease_seconds():
@@ -83,6 +90,68 @@ class Outcome:
     calls: list = field(default_factory=list)
 
 
+class RunWriter:
+    """Group commit for one driver: ledger rows, saved dialogues and failed seeds queue up while the previous
+    transaction runs, then go to the database together. Each caller awaits its own write's result (a call id, a
+    dialogue id), so nothing is reported as done before it is committed. A batch that fails is retried one write at
+    a time, so one bad row only fails its own write."""
+
+    def __init__(self, driver):
+        self.driver = driver
+        self.queue = []
+        self.wakeup = asyncio.Event()
+        self.task = None
+
+    def start(self):
+        self.task = asyncio.create_task(self._loop())
+
+    async def stop(self):
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def record_call(self, row):
+        return await self._submit(("call", row))
+
+    async def save(self, work, outcome):
+        return await self._submit(("save", work, outcome))
+
+    async def fail(self, work, error):
+        return await self._submit(("fail", work, error))
+
+    async def _submit(self, op):
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((op, future))
+        self.wakeup.set()
+        return await future
+
+    async def _loop(self):
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                batch, self.queue = self.queue[:WRITE_BATCH], self.queue[WRITE_BATCH:]
+                ops = [op for op, _ in batch]
+                try:
+                    results = await self.driver.db.run(self.driver.write_batch, ops)
+                except Exception:  # noqa: BLE001 - find the write that broke the batch; the others go in
+                    logger.warning("run %s: a batch of %d writes failed; writing them one by one",
+                                   self.driver.run.pk, len(ops), exc_info=True)
+                    results = []
+                    for op in ops:
+                        try:
+                            results.extend(await self.driver.db.run(self.driver.write_batch, [op]))
+                        except Exception as exc:  # noqa: BLE001 - handed to the caller of this write
+                            results.append(exc)
+                for (_, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+
+
 class Driver:
     def __init__(self, run, token):
         self.run = run
@@ -93,6 +162,7 @@ class Driver:
         self.cost_used = run.cost_usd
         self.db = None
         self.llm = None
+        self.writer = None
         self.claimed = set()  # item ids this driver leased and has not settled yet
 
     # --- the loop ----------------------------------------------------------------------------------------
@@ -102,12 +172,15 @@ class Driver:
         try:
             async with EndpointClient(self.run.endpoint, concurrency=self.run.concurrency, db=self.db) as llm:
                 self.llm = llm
+                self.writer = RunWriter(self)
+                self.writer.start()
                 heartbeat = asyncio.create_task(self._heartbeat_loop())
                 try:
                     finished = await self._dispatch_loop()
                 finally:
                     heartbeat.cancel()
                     await asyncio.gather(heartbeat, return_exceptions=True)
+                    await self.writer.stop()
                     if self.claimed:
                         await self.db.run(self._release, list(self.claimed))
             return finished
@@ -203,19 +276,16 @@ class Driver:
             await self.db.run(self._release, [work.item_id])
             return
         try:
-            await self.db.run(self._save, work, outcome)
+            await self.writer.save(work, outcome)
         except Exception as exc:  # noqa: BLE001
             # Saving failed (a database error): record it on the item so a bad row cannot loop forever; if even
             # that fails, forget the lease and let it expire, and the seed is tried again.
             logger.exception("run %s: could not save the dialogue of seed %s", self.run.pk, work.seed_id)
-            try:
-                await self.db.run(self._fail, work, f"could not save the dialogue: {type(exc).__name__}: {exc}")
-            except Exception:  # noqa: BLE001
-                self.claimed.discard(work.item_id)
+            await self._settle_failure(work, f"could not save the dialogue: {type(exc).__name__}: {exc}")
 
     async def _settle_failure(self, work, error):
         try:
-            await self.db.run(self._fail, work, error)
+            await self.writer.fail(work, error)
         except Exception:  # noqa: BLE001 - the lease expires and the seed is tried again
             logger.exception("run %s: could not record the failure of seed %s", self.run.pk, work.seed_id)
             self.claimed.discard(work.item_id)
@@ -223,7 +293,7 @@ class Driver:
     async def _call(self, *, messages, purpose, stop=None):
         return await self.llm.chat(
             model=self.run.model, messages=messages, params=self.run.params, purpose=purpose, job_kind=JOB_KIND,
-            job_id=self.run.pk, stop=stop, gate=self.may_dispatch, on_record=self._count_call,
+            job_id=self.run.pk, stop=stop, gate=self.may_dispatch, recorder=self.writer.record_call,
         )
 
     def _note(self, result, calls, purpose):
@@ -333,13 +403,77 @@ class Driver:
         )
 
     # --- database work (runs on the DB threads) ----------------------------------------------------------
-    def _count_call(self, call):
-        """In the ledger row's transaction: the run's live usage counters."""
-        GenerationRun.objects.filter(pk=self.run.pk).update(
-            calls=F("calls") + 1, prompt_tokens=F("prompt_tokens") + call.prompt_tokens,
-            completion_tokens=F("completion_tokens") + call.completion_tokens,
-            cost_usd=F("cost_usd") + call.cost_usd,
+    def write_batch(self, ops):
+        """One group commit (see RunWriter): ledger rows, saves and failures, and the run's counters moved by their
+        sum, in one transaction. Returns one result per op: a call id, a dialogue id (None when another driver
+        had taken the seed over), or None for a failure."""
+        results = [None] * len(ops)
+        calls = [(i, Call(**op[1])) for i, op in enumerate(ops) if op[0] == "call"]
+        saves = [(i, op[1], self._dialogue(op[1], op[2])) for i, op in enumerate(ops) if op[0] == "save"]
+        fails = [(op[1], scrub(op[2], self.run.endpoint.api_key())[:ITEM_ERROR_LIMIT]) for op in ops if op[0] == "fail"]
+        # The filters are plain CPU work: done before the transaction, so no lock waits on them.
+        flags = {i: check_dialogue(dialogue, self.run, work.text) for i, work, dialogue in saves}
+        done = failed = 0
+        with transaction.atomic():
+            if calls:
+                for (i, _), call in zip(calls, Call.objects.bulk_create([call for _, call in calls])):
+                    results[i] = call.pk
+            if saves:
+                # Only seeds this driver still holds: one taken over by another driver is theirs to save.
+                held = set(self._held([work.item_id for _, work, _ in saves]))
+                mine = [(i, work, dialogue) for i, work, dialogue in saves if work.item_id in held]
+                GenerationItem.objects.filter(pk__in=held).update(
+                    status=GenerationItem.Status.SUCCEEDED, error="", lease_expires_at=None)
+                Dialogue.objects.bulk_create([dialogue for _, _, dialogue in mine])  # sets their ids (RETURNING)
+                DialogueFlag.objects.bulk_create(
+                    DialogueFlag(dialogue_id=dialogue.pk, rule=rule, reason=reason[:500])
+                    for i, _, dialogue in mine for rule, reason in flags[i]
+                )
+                for i, _, dialogue in mine:
+                    results[i] = dialogue.pk
+                done = len(mine)
+            for work, error in fails:
+                failed += GenerationItem.objects.filter(
+                    pk=work.item_id, lease_token=self.token, status=GenerationItem.Status.IN_FLIGHT,
+                ).update(status=GenerationItem.Status.FAILED, error=error, lease_expires_at=None)
+            changes = {}
+            if calls:
+                changes.update(
+                    calls=F("calls") + len(calls),
+                    prompt_tokens=F("prompt_tokens") + sum(c.prompt_tokens for _, c in calls),
+                    completion_tokens=F("completion_tokens") + sum(c.completion_tokens for _, c in calls),
+                    cost_usd=F("cost_usd") + sum((c.cost_usd for _, c in calls), Decimal("0")),
+                )
+            if done:
+                changes["done"] = F("done") + done
+            if failed:
+                changes["failed"] = F("failed") + failed
+            if changes:
+                # Last statement: the run row is locked only until the commit.
+                GenerationRun.objects.filter(pk=self.run.pk).update(**changes)
+        for _, work, _ in saves:
+            self.claimed.discard(work.item_id)
+        for work, _ in fails:
+            self.claimed.discard(work.item_id)
+        return results
+
+    def _held(self, item_ids):
+        queryset = GenerationItem.objects.filter(pk__in=item_ids, lease_token=self.token,
+                                                 status=GenerationItem.Status.IN_FLIGHT)
+        if settings.IS_POSTGRES:
+            queryset = queryset.select_for_update()
+        return queryset.values_list("pk", flat=True)
+
+    def _dialogue(self, work, outcome):
+        dialogue = Dialogue(
+            seed_set_id=self.run.seed_set_id, seed_id=work.seed_id, run_id=self.run.pk, source="generated",
+            topic=without_nul(work.text), original_turns=outcome.turns, raw_output=outcome.raw_output,
+            parse_error=outcome.parse_error, generation=outcome.generation, finish_reason=outcome.finish_reason[:30],
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+            cost_usd=outcome.cost_usd,
         )
+        dialogue.set_turns(list(outcome.turns))
+        return dialogue
 
     def _claim(self, *, limit):
         now = timezone.now()
@@ -380,50 +514,6 @@ class Driver:
         )
         self.claimed.difference_update(item_ids)
 
-    def _fail(self, work, error):
-        error = scrub(error, self.run.endpoint.api_key())[:ITEM_ERROR_LIMIT]
-        with transaction.atomic():
-            updated = GenerationItem.objects.filter(
-                pk=work.item_id, lease_token=self.token, status=GenerationItem.Status.IN_FLIGHT,
-            ).update(status=GenerationItem.Status.FAILED, error=error, lease_expires_at=None)
-            if updated:
-                GenerationRun.objects.filter(pk=self.run.pk).update(failed=F("failed") + 1)
-        self.claimed.discard(work.item_id)
-
-    def _save(self, work, outcome):
-        run = self.run
-        dialogue = Dialogue(
-            seed_set_id=run.seed_set_id, seed_id=work.seed_id, run_id=run.pk, source="generated", topic=work.text,
-            original_turns=outcome.turns, raw_output=outcome.raw_output, parse_error=outcome.parse_error,
-            generation=outcome.generation, finish_reason=outcome.finish_reason[:30],
-            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-            cost_usd=outcome.cost_usd,
-        )
-        dialogue.set_turns(list(outcome.turns))
-        with transaction.atomic():
-            updated = GenerationItem.objects.filter(
-                pk=work.item_id, lease_token=self.token, status=GenerationItem.Status.IN_FLIGHT,
-            ).update(status=GenerationItem.Status.SUCCEEDED, error="", lease_expires_at=None)
-            if not updated:
-                # Another driver took this seed over (this one looked dead): its result wins; the tokens spent
-                # here are in the ledger all the same.
-                self.claimed.discard(work.item_id)
-                return None
-            try:
-                with transaction.atomic():
-                    dialogue.save()
-            except IntegrityError:
-                # The seed already has its dialogue in this run (unique (run, seed)): keep that one.
-                dialogue = None
-            else:
-                GenerationRun.objects.filter(pk=run.pk).update(done=F("done") + 1)
-                try:
-                    flag_dialogue(dialogue, run, work.text)
-                except Exception:  # noqa: BLE001 - a filter bug must not lose the dialogue (its savepoint rolled back)
-                    logger.exception("run %s: filters failed on dialogue %s", run.pk, dialogue.pk)
-        self.claimed.discard(work.item_id)
-        return dialogue.pk if dialogue else None
-
     def _beat(self):
         now = timezone.now()
         if not GenerationRun.objects.filter(pk=self.run.pk, driver_token=self.token).update(heartbeat_at=now):
@@ -449,7 +539,6 @@ class Driver:
                 run_id=run.pk, status__in=[GenerationItem.Status.PENDING, GenerationItem.Status.IN_FLIGHT])
             if open_items.exists():
                 return False
-        flag_near_duplicates(self.run)
         now = timezone.now()
         with transaction.atomic():
             run = GenerationRun.objects.select_for_update().filter(pk=self.run.pk, driver_token=self.token).first()
@@ -461,27 +550,36 @@ class Driver:
             GenerationRun.objects.filter(pk=run.pk).update(
                 status=status, error=error, finished_at=now, heartbeat_at=now, driver_token=None,
             )
+            enqueue_near_duplicates(run)
         return True
 
 
-def flag_dialogue(dialogue, run, seed_text):
+def check_dialogue(dialogue, run, seed_text):
+    """The automatic filters' verdict on a new dialogue: [(rule, reason)]; it sets dialogue.is_flagged."""
     try:
-        from collection import filters
-    except ImportError:  # the filters arrive with another part of the work
-        return
-    filters.flag_dialogue(dialogue, language=run.language, min_turns=run.min_turns, seed_text=seed_text)
+        hits = filters.check_dialogue(
+            turns=dialogue.turns, parse_error=dialogue.parse_error, finish_reason=dialogue.finish_reason,
+            seed_text=seed_text, language=run.language, min_turns=run.min_turns,
+        )
+    except Exception:  # noqa: BLE001 - a filter bug must not lose the dialogue; it is saved unflagged
+        logger.exception("run %s: the filters failed on seed %r", run.pk, seed_text[:80])
+        hits = []
+    dialogue.is_flagged = bool(hits)
+    return hits
 
 
-def flag_near_duplicates(run):
-    """Near-duplicates within the run's seed set: the corpus the run adds to."""
-    try:
-        from collection import filters
-    except ImportError:
-        return
-    try:
-        filters.flag_near_duplicates(Dialogue.objects.filter(seed_set_id=run.seed_set_id))
-    except Exception:  # noqa: BLE001 - a flagging pass must not turn a finished run into a failed one
-        logger.exception("run %s: near-duplicate pass failed", run.pk)
+def enqueue_near_duplicates(run):
+    """The corpus pass (near-duplicates within the run's seed set, the corpus the run adds to) as its own task
+    once the run has committed: it reads every dialogue of the set, which is not the run's time to spend."""
+    from collection.tasks import flag_near_duplicates
+
+    transaction.on_commit(lambda: flag_near_duplicates.delay(run.seed_set_id))
+
+
+def warm_up():
+    """Load at worker start what the first run would otherwise load on its clock: the OpenAI client's modules
+    (imported with this module) and the language identifier."""
+    filters.detect_language("A few words of English so that the language model is loaded once.")
 
 
 def drive_generation_run(*, run_id):
@@ -517,7 +615,7 @@ def drive_generation_run(*, run_id):
             status=JobStatus.SUCCEEDED, budget_exhausted=untouched, finished_at=now, heartbeat_at=now,
             driver_token=None,
         )
-        flag_near_duplicates(run)
+        enqueue_near_duplicates(run)
     elif reason != "lost":
         mine.update(driver_token=None)
     return reason

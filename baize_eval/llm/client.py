@@ -28,7 +28,6 @@ from decimal import Decimal
 
 import httpx2
 import openai
-from django.db import transaction
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from baize_eval.llm.dbthreads import DatabaseThreads
@@ -47,6 +46,7 @@ RETRY_STATUSES = {408, 409, 425, 429}  # and every 5xx
 MAX_MALFORMED_RETRIES = 2
 MAX_RETRY_AFTER_SECONDS = 120.0
 ERROR_TEXT_LIMIT = 1000
+COST_QUANTUM = Decimal("0.00000001")  # llm.Call.cost_usd has 8 decimal places
 _KEY_LIKE = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-*.]{6,}")
 
 
@@ -198,11 +198,12 @@ class EndpointClient:
             await asyncio.to_thread(self.db.stop)
 
     async def chat(self, *, model, messages, params=None, purpose="", job_kind="", job_id=None, stop=None,
-                   gate=None, on_record=None):
+                   gate=None, recorder=None):
         """One chat completion, retried as the module docstring says.
 
         gate(): checked before every attempt; False raises DispatchRefused (nothing is sent).
-        on_record(call): runs in the same transaction as each ledger row (e.g. a job's usage counters).
+        recorder(row): an async callable that stores a ledger row (a dict of llm.Call fields) and returns its id;
+          a job passes its own to write the row together with its usage counters (default: one INSERT each).
         Raises LLMError when the call fails for good."""
         params = dict(params or {})
         kwargs, extra_body = {}, {}
@@ -244,7 +245,7 @@ class EndpointClient:
                         text, finish_reason, usage = _read_completion(completion)
                     except openai.APIStatusError as exc:
                         await self._record(ledger, started, outcome=Call.Outcome.ERROR,
-                                           error=describe_error(exc), on_record=on_record)
+                                           error=describe_error(exc), recorder=recorder)
                         raise
                     except (openai.APIResponseValidationError, MalformedResponse, ValueError) as exc:
                         # A 200 whose body is not a chat completion (or not even JSON): it got a response, so
@@ -254,14 +255,14 @@ class EndpointClient:
                             f"{type(exc).__name__}: {str(exc)[:200]}")
                         bad.retry_allowed = malformed <= MAX_MALFORMED_RETRIES
                         await self._record(ledger, started, outcome=Call.Outcome.ERROR,
-                                           error=describe_error(bad), on_record=on_record)
+                                           error=describe_error(bad), recorder=recorder)
                         raise bad from None
                     prompt_tokens, completion_tokens = usage
                     if self.limiter.active:
                         await self.limiter.settle(reserved=reserved, used=prompt_tokens + completion_tokens)
                     call_id, cost, priced, latency_ms = await self._record(
                         ledger, started, outcome=Call.Outcome.OK, prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens, on_record=on_record,
+                        completion_tokens=completion_tokens, recorder=recorder,
                     )
                     return ChatResult(
                         text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
@@ -281,31 +282,21 @@ class EndpointClient:
         )
 
     async def _record(self, ledger, started, *, outcome, prompt_tokens=0, completion_tokens=0, error="",
-                      on_record=None):
+                      recorder=None):
         latency_ms = int((time.perf_counter() - started) * 1000)
-        return await self.db.run(
-            self._write_call, dict(ledger), outcome=outcome, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, latency_ms=latency_ms,
-            error=scrub(error, self._secret)[:ERROR_TEXT_LIMIT], on_record=on_record,
-        )
-
-    def _price(self, model):
+        model = ledger["model"]
         if model not in self._prices:
-            self._prices[model] = ModelPrice.objects.filter(model=model).first()
-        return self._prices[model]
-
-    def _write_call(self, ledger, *, outcome, prompt_tokens, completion_tokens, latency_ms, error, on_record):
-        price = self._price(ledger["model"])
+            self._prices[model] = await self.db.run(lambda: ModelPrice.objects.filter(model=model).first())
+        price = self._prices[model]
         cost = price.cost(prompt_tokens, completion_tokens) if price else Decimal("0")
-        cost = cost.quantize(Decimal("0.00000001"))
-        with transaction.atomic():
-            call = Call.objects.create(
-                endpoint_id=self.endpoint.pk, outcome=outcome, prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens, cost_usd=cost, latency_ms=latency_ms, error=error, **ledger,
-            )
-            if on_record is not None:
-                on_record(call)
-        return call.pk, cost, price is not None, latency_ms
+        row = dict(ledger, endpoint_id=self.endpoint.pk, outcome=outcome, prompt_tokens=prompt_tokens,
+                   completion_tokens=completion_tokens, cost_usd=cost.quantize(COST_QUANTUM), latency_ms=latency_ms,
+                   error=scrub(error, self._secret)[:ERROR_TEXT_LIMIT])
+        call_id = await (recorder or self._insert_call)(row)
+        return call_id, row["cost_usd"], price is not None, latency_ms
+
+    async def _insert_call(self, row):
+        return await self.db.run(lambda: Call.objects.create(**row).pk)
 
 
 def _read_completion(completion):
