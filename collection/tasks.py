@@ -74,4 +74,7 @@ def recover_stale_jobs(follow_up=False):
 
 @worker_ready.connect
 def recover_on_worker_start(sender=None, **kwargs):
+    from collection.selfchat import warm_up
+
     recover_stale_jobs.apply_async(kwargs={"follow_up": True})
+    warm_up()
