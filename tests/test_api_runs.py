@@ -31,10 +31,11 @@ def test_it_refuses_anonymous_raters_and_outsiders(client, as_rater, as_outsider
         assert who.get("/api/runs/").status_code == code
         assert who.get(f"/api/runs/{run.pk}/").status_code == code
         assert start(who, setup).status_code == code
-        for verb in ("pause", "resume", "cancel", "retry-failed"):
+        for verb in ("pause", "resume", "cancel", "retry-failed", "budget"):
             assert act(who, run.pk, verb).status_code == code
+        assert who.get(f"/api/runs/{run.pk}/failed/").status_code == code
     run.refresh_from_db()
-    assert run.status == "queued"
+    assert (run.status, run.budget_usd) == ("queued", None)
     assert GenerationRun.objects.count() == 1
 
 
@@ -125,3 +126,26 @@ def test_it_lists_and_filters_runs_in_few_queries(as_reviewer, reviewer2, setup,
 def test_it_answers_404_for_a_missing_run(as_reviewer, db):
     assert as_reviewer.get("/api/runs/999999/").status_code == 404
     assert act(as_reviewer, 999999, "pause").status_code == 404
+
+
+def test_it_lists_failed_seeds_with_their_errors(as_reviewer, setup):
+    run_id = start(as_reviewer, setup).json()["id"]
+    item = GenerationItem.objects.filter(run_id=run_id).select_related("seed").first()
+    GenerationItem.objects.filter(pk=item.pk).update(status="failed", attempts=6, error="HTTP 429 after 6 attempts")
+    rows = as_reviewer.get(f"/api/runs/{run_id}/failed/").json()
+    assert [(r["seed_text"], r["attempts"], r["error"]) for r in rows] == \
+        [(item.seed.text, 6, "HTTP 429 after 6 attempts")]
+
+
+def test_it_raises_the_budget_and_requeues_a_run_that_stopped_on_it(as_reviewer, setup):
+    run_id = start(as_reviewer, setup, budget_tokens=10).json()["id"]
+    GenerationRun.objects.filter(pk=run_id).update(status="succeeded", budget_exhausted=True, prompt_tokens=10)
+    response = as_reviewer.post(f"/api/runs/{run_id}/budget/", {"budget_tokens": 1000, "budget_usd": "2.5"},
+                                content_type="application/json")
+    assert response.status_code == 200, response.json()
+    run = GenerationRun.objects.get(pk=run_id)
+    assert (run.status, run.budget_tokens, str(run.budget_usd)) == ("queued", 1000, "2.5000")
+    kept = as_reviewer.post(f"/api/runs/{run_id}/budget/", {"budget_tokens": None}, content_type="application/json")
+    assert kept.json()["budget_tokens"] is None and kept.json()["budget_usd"] == "2.5000"
+    bad = as_reviewer.post(f"/api/runs/{run_id}/budget/", {"budget_usd": "-3"}, content_type="application/json")
+    assert bad.status_code == 400 and "budget_usd" in bad.json()

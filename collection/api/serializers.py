@@ -15,6 +15,7 @@ from collection.models import (
     Dialogue,
     DialogueFlag,
     Export,
+    GenerationItem,
     GenerationRun,
     Import,
     RejectReason,
@@ -225,6 +226,23 @@ class GenerationRunCreateSerializer(serializers.Serializer):
     sample_seed = serializers.IntegerField(min_value=-(2**63), max_value=2**63 - 1, default=0)
     language = serializers.CharField(max_length=10, default="en")
     min_turns = serializers.IntegerField(min_value=0, max_value=100, default=2)
+
+
+class RunBudgetSerializer(serializers.Serializer):
+    """A missing field keeps its current value; null removes that limit."""
+
+    budget_usd = serializers.DecimalField(max_digits=12, decimal_places=4, min_value=0, required=False,
+                                          allow_null=True)
+    budget_tokens = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, allow_null=True)
+
+
+class FailedItemSerializer(serializers.ModelSerializer):
+    seed_text = serializers.CharField(source="seed.text", read_only=True)
+
+    class Meta:
+        model = GenerationItem
+        fields = ["id", "seed", "seed_text", "attempts", "error", "updated_at"]
+        read_only_fields = fields
 
 
 # --- Dialogues and review ---------------------------------------------------------------------------------

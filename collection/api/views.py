@@ -327,6 +327,27 @@ class GenerationRunViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateMode
                                                                      "seeds to retry.")
 
 
+    @extend_schema(request=s.RunBudgetSerializer, responses={200: s.GenerationRunDetailSerializer},
+                   summary="Change the budget",
+                   description="A run that stopped on its budget is queued again when seeds are left to do.")
+    @action(detail=True, methods=["post"])
+    def budget(self, request, pk=None):
+        run = self.get_object()
+        serializer = s.RunBudgetSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        services.generation_run_set_budget(run=run, budget_usd=data.get("budget_usd", run.budget_usd),
+                                           budget_tokens=data.get("budget_tokens", run.budget_tokens))
+        return Response(self._detail(run))
+
+    @extend_schema(responses={200: s.FailedItemSerializer(many=True)}, filters=False,
+                   summary="The run's failed seeds with their errors (first 200)")
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def failed(self, request, pk=None):
+        items = services.generation_run_failed_items(self.get_object())
+        return Response(s.FailedItemSerializer(items, many=True).data)
+
+
 # --- Dialogues and review ---------------------------------------------------------------------------------
 SELECTION_QUERY = [
     OpenApiParameter(name, {"integer": int, "string": str}[kind], description=description)
