@@ -172,7 +172,12 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "baize-eval API",
-    "DESCRIPTION": "Seeds, self-chat generation runs, dialogues, review events and exports.",
+    "DESCRIPTION": (
+        "Seeds, self-chat generation runs, dialogues, review events and exports.\n\n"
+        "Authenticate with `Authorization: Token <key>`; POST your username and password to /api/auth/token/ "
+        "for the key (DELETE there revokes it). Reviewers and admins may use the API; some writes are for admins. "
+        "Lists take ?limit=&offset= (at most 500 a page) and ?ordering=; errors name the field that is wrong."
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # Requests get their own components, so an upload is typed as a binary file (not a URL) in the schema.
