@@ -106,6 +106,15 @@ def test_it_filters_the_queue_and_counts_per_status_and_flag(as_reviewer, review
 
     page = html(as_reviewer.get(f"/review/?seed_set={seed_set.pk}&status=undecided&flag=refusal"))
     assert f'href="/review/{refusal.pk}/' in page and f'href="/review/{tomato.pk}/' not in page
+    counts = dict(re.findall(r'>(all|undecided|approved) <b>(\d+)</b>', page))  # status chips: under the flag filter
+    assert counts == {"all": "1", "undecided": "1", "approved": "0"}
+    flag_counts = dict(re.findall(r'>([a-z_ ]+) <b>(\d+)</b>', page.split('id="flag-counts"')[1].split("</div>")[0]))
+    assert (flag_counts["any flag"], flag_counts["no flag"], flag_counts["refusal"]) == ("1", "1", "1")  # undecided
+    page = html(as_reviewer.get(f"/review/?seed_set={seed_set.pk}&status=approved&flag=none"))
+    counts = dict(re.findall(r'>(all|undecided|approved) <b>(\d+)</b>', page))
+    assert counts == {"all": "2", "undecided": "1", "approved": "1"}
+    flag_counts = dict(re.findall(r'>([a-z_ ]+) <b>(\d+)</b>', page.split('id="flag-counts"')[1].split("</div>")[0]))
+    assert (flag_counts["any flag"], flag_counts["no flag"], flag_counts["refusal"]) == ("0", "1", "0")  # approved
     page = html(as_reviewer.get("/review/?min_turns=3&max_length=100000"))
     assert f'href="/review/{basil.pk}/' in page and f'href="/review/{tomato.pk}/' not in page
     page = html(as_reviewer.get("/review/?max_turns=2"))

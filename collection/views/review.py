@@ -68,26 +68,36 @@ def _with_query(url, query):
 
 # --- Queue -----------------------------------------------------------------------------------------------------
 
-def _status_counts(spec):
-    """{status: count} for the filter without its status part, in one GROUP BY query."""
-    base = {k: v for k, v in spec.items() if k != "status"}
-    rows = select_dialogues(base).order_by().values_list("status").annotate(n=Count("id"))
-    counts = dict.fromkeys(STATUSES, 0)
-    counts.update(dict(rows))
-    return counts
-
-
-def _flag_counts(spec):
-    """({rule: count}, flagged, unflagged) for the filter without its flag part."""
-    base = {k: v for k, v in spec.items() if k != "flag"}
-    selected = select_dialogues(base)
+def queue_counts(spec):
+    """Counts for the queue's chips and progress bar, in two or three GROUP BY queries:
+    ({status: count} ignoring the status filter, {rule: count} ignoring the flag filter, flagged, unflagged)."""
+    status = spec.get("status", "all")
+    flag = spec.get("flag")
+    base = {k: v for k, v in spec.items() if k not in ("status", "flag")}
+    # One pass over (status, is_flagged) answers both the status chips (under an any/none flag filter) and the
+    # flagged/unflagged chips (under the status filter).
+    grid = dict(
+        ((row_status, row_flagged), n) for row_status, row_flagged, n in
+        select_dialogues(base).order_by().values_list("status", "is_flagged").annotate(n=Count("id"))
+    )
+    status_counts = dict.fromkeys(STATUSES, 0)
+    if flag in (None, "any", "none"):
+        for (row_status, row_flagged), n in grid.items():
+            if flag is None or row_flagged == (flag == "any"):
+                status_counts[row_status] += n
+    else:
+        status_counts.update(dict(
+            select_dialogues({**base, "flag": flag}).order_by().values_list("status").annotate(n=Count("id"))))
+    flagged = sum(n for (row_status, row_flagged), n in grid.items() if row_flagged and status in ("all", row_status))
+    unflagged = sum(n for (row_status, row_flagged), n in grid.items()
+                    if not row_flagged and status in ("all", row_status))
     rules = dict.fromkeys(RULES, 0)
+    flag_base = {k: v for k, v in spec.items() if k != "flag"}
     rules.update(dict(
-        DialogueFlag.objects.filter(dialogue__in=selected.values("pk")).order_by().values_list("rule")
-        .annotate(n=Count("id"))
+        DialogueFlag.objects.filter(dialogue__in=select_dialogues(flag_base).values("pk")).order_by()
+        .values_list("rule").annotate(n=Count("id"))
     ))
-    split = dict(selected.order_by().values_list("is_flagged").annotate(n=Count("id")))
-    return rules, split.get(True, 0), split.get(False, 0)
+    return status_counts, rules, flagged, unflagged
 
 
 def reviewer_counts():
@@ -106,11 +116,10 @@ def reviewer_counts():
 @reviewer_required
 def queue(request):
     spec, sort, error = _filter_from(request.GET)
-    status_counts = _status_counts(spec)
+    status_counts, rule_counts, flagged, unflagged = queue_counts(spec)
     all_count = sum(status_counts.values())
     status = spec.get("status", "all")
     total = all_count if status == "all" else status_counts[status]
-    rule_counts, flagged, unflagged = _flag_counts(spec)
     try:
         page = max(1, int(request.GET.get("page") or 1))
     except ValueError:
