@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served from our static files, so /api/docs/ works offline
     "baize_eval.llm",
     "collection",
     "evaluation",
@@ -182,6 +183,9 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     # Requests get their own components, so an upload is typed as a binary file (not a URL) in the schema.
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Several models have a "status"/"action"/"format"/"mode" field with different choices: name each set.
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "collection.models.JobStatus",

@@ -100,3 +100,14 @@ def test_it_lists_dialogues_in_a_fixed_number_of_queries(as_reviewer, corpus, dj
         DialogueFlag.objects.create(dialogue=d, rule="refusal", reason="As an AI")
     with django_assert_max_num_queries(6):
         assert len(ids(as_reviewer.get("/api/dialogues/?limit=100"))) == 33
+
+
+def test_it_escapes_dialogue_text_in_the_browsable_api(as_reviewer, corpus):
+    hostile = [{"role": "human", "text": '<img src=x onerror="window.__xss=1">'},
+               {"role": "ai", "text": "<script>window.__xss=2</script>"}]
+    dialogue = make_dialogue(corpus["garden"], turns=hostile, topic="<script>alert(1)</script>")
+    page = as_reviewer.get(f"/api/dialogues/{dialogue.pk}/", HTTP_ACCEPT="text/html")
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
+    html = page.content.decode()
+    assert "<script>window.__xss" not in html and "<img src=x" not in html and "<script>alert" not in html
+    assert "&lt;script&gt;window.__xss=2&lt;/script&gt;" in html
