@@ -4,12 +4,14 @@ What a user gets: the same operations behind the runs pages, the API and `manage
 transaction and enqueues the driver (collection.drive_generation_run) only once it has committed; the run row
 is the truth, so pressing a button twice, or two people pressing it, does no harm.
 """
+import json
 import random
+import threading
 import time
 from decimal import Decimal, InvalidOperation
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -30,9 +32,39 @@ class RunSpecError(ValueError):
 
 
 def enqueue_drive(run_id):
+    """The driver task, once the current transaction commits. Embedded mode (tasks run in-process, no worker):
+    the driver runs in a background thread of this process instead, so a page that starts a run returns at once
+    and shows its progress; `wait_for_local_drivers` lets a command wait for it."""
+    from baize_eval.celery import app
     from collection.tasks import drive_generation_run
 
-    transaction.on_commit(lambda: drive_generation_run.delay(run_id))
+    if app.conf.task_always_eager:
+        transaction.on_commit(lambda: _start_local_driver(run_id))
+    else:
+        transaction.on_commit(lambda: drive_generation_run.delay(run_id))
+
+
+_local_drivers = []
+
+
+def _start_local_driver(run_id):
+    from collection.selfchat import drive_generation_run
+
+    def drive():
+        try:
+            drive_generation_run(run_id=run_id)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=drive, name=f"run-{run_id}", daemon=True)
+    _local_drivers.append(thread)
+    thread.start()
+
+
+def wait_for_local_drivers():
+    """Embedded mode: block until the runs this process drives in the background are done."""
+    while _local_drivers:
+        _local_drivers.pop().join()
 
 
 def clean_params(params):
@@ -51,6 +83,8 @@ def clean_params(params):
                 value = kind(value)
             except (TypeError, ValueError):
                 raise RunSpecError("params", f"{key} must be a {'whole number' if kind is int else 'number'}") from None
+        if "\\u0000" in json.dumps([key, value]):  # Postgres JSON cannot hold NUL
+            raise RunSpecError("params", f"{key} contains a NUL character")
         clean[str(key)] = value
     return clean
 
@@ -205,8 +239,8 @@ def generation_run_progress(run):
         "id": run.pk, "status": run.status, "is_finished": run.is_finished, "error": run.error,
         "total": run.items_total, "done": run.done, "failed": run.failed, "in_flight": in_flight,
         "pending": pending, "calls": run.calls, "prompt_tokens": run.prompt_tokens,
-        "completion_tokens": run.completion_tokens, "tokens": run.total_tokens, "cost_usd": str(run.cost_usd),
-        "budget_usd": str(run.budget_usd) if run.budget_usd is not None else None,
+        "completion_tokens": run.completion_tokens, "tokens": run.total_tokens, "cost_usd": format(run.cost_usd, "f"),
+        "budget_usd": format(run.budget_usd, "f") if run.budget_usd is not None else None,
         "budget_tokens": run.budget_tokens, "budget_exhausted": run.budget_exhausted,
         "rate_per_s": round(rate, 3), "eta_seconds": eta, "elapsed_seconds": round(elapsed, 1),
         "priced": ModelPrice.objects.filter(model=run.model).exists(),

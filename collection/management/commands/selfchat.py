@@ -4,7 +4,7 @@
 What a user gets: a self-chat generation run over the seed set NAME, queued for the workers; the run id printed
 alone on stdout (scripts can capture it). With --wait, a progress bar (done / failed / in flight / tokens / cost)
 read from the run row, and the exit status says how it ended: 0 succeeded, 1 failed, 2 cancelled. In the embedded
-mode (no CELERY_BROKER_URL) the run executes right here, in this process.
+mode (no CELERY_BROKER_URL) the run executes right here, in this process, and the command waits for it.
 
 --base-url without --endpoint finds the endpoint with that URL or creates one (its key is read from the
 environment variable --api-key-env names, OPENAI_API_KEY by default; the key itself is never stored or shown).
@@ -20,7 +20,10 @@ from tqdm import tqdm
 
 from baize_eval.llm.models import Endpoint, ModelPrice
 from collection.models import GenerationRun, JobStatus, SeedSet, SelfChatTemplate
-from collection.services import RunSpecError, endpoint_for_base_url, generation_run_progress, generation_run_start
+from baize_eval.celery import app
+from collection.services import (
+    RunSpecError, endpoint_for_base_url, generation_run_progress, generation_run_start, wait_for_local_drivers,
+)
 from collection.templates_default import latest_template
 
 EXIT = {JobStatus.SUCCEEDED: 0, JobStatus.FAILED: 1, JobStatus.CANCELLED: 2}
@@ -78,14 +81,19 @@ class Command(BaseCommand):
                   f"{endpoint.name} ({endpoint.base_url}), concurrency {run.concurrency}.")
         if not ModelPrice.objects.filter(model=run.model).exists():
             err.write(f"Warning: no price for model {run.model!r}: its cost counts as 0 (add one in admin → Model prices).")
-        if settings.CELERY_TASK_ALWAYS_EAGER:
-            err.write("Embedded mode: the run executed in this process.")
+        embedded = app.conf.task_always_eager
+        if embedded:
+            err.write("Embedded mode (no worker): the run executes in this process, which waits for it.")
         if not opts["wait"]:
+            if embedded:
+                wait_for_local_drivers()
             return
         status = self._follow(run, opts["poll"])
+        if embedded:
+            wait_for_local_drivers()
         progress = generation_run_progress(run)
         err.write(f"Run {run.pk} {status}: {progress['done']} done, {progress['failed']} failed, "
-                  f"{progress['pending']} pending, {progress['tokens']} tokens, ${progress['cost_usd']}"
+                  f"{progress['pending']} pending, {progress['tokens']} tokens, ${float(progress['cost_usd']):.4f}"
                   + (" (budget reached)" if progress["budget_exhausted"] else "")
                   + (f"; {progress['error']}" if progress["error"] else ""))
         code = EXIT.get(status, 1)
