@@ -20,19 +20,26 @@ Memory stays flat: the plan pass streams ids through a server-side cursor and ke
 import hashlib
 import logging
 import os
+import queue
 import shutil
+import struct
 import subprocess
 import tempfile
+import threading
+import time
 import zipfile
 from array import array
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import orjson
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, connections, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from collection import formats
@@ -42,6 +49,12 @@ from collection.selection import SelectionError, clean_spec, select_dialogues
 log = logging.getLogger(__name__)
 
 CHUNK = 2000
+STREAM_CHUNK = 5000
+# The shuffle spool: at most MAX_BUCKETS files, each a slice of at least BUCKET_ROWS output positions, so
+# replaying one bucket holds a few tens of MB.
+BUCKET_ROWS = 20_000
+MAX_BUCKETS = 256
+PROGRESS_SECONDS = 1.0
 HF_BATCH_ROWS = 10_000
 DEFAULT_OPTIONS = {
     "include_flagged": False,
@@ -55,7 +68,8 @@ DEFAULT_OPTIONS = {
 SPLITS = ("train", "validation")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so a zip's bytes depend only on its content
+# A fixed file date (local noon, 2000-01-01), so a zip's bytes depend only on its content.
+_ZIP_EPOCH = time.mktime((2000, 1, 1, 12, 0, 0, 0, 0, -1))
 
 
 class ExportError(ValueError):
@@ -189,8 +203,26 @@ def _candidates(spec):
     return qs.filter(num_turns__gt=0)
 
 
+class _Plan:
+    """Which dialogues go out: `ids` ascending, `validation` (bool per id), and `rank` (each id's position in the
+    shuffled output; None when the output is in id order)."""
+
+    def __init__(self, ids, validation, rank):
+        self.ids, self.validation, self.rank = ids, validation, rank
+
+    def __len__(self):
+        return len(self.ids)
+
+    def locate(self, row_ids):
+        """Indexes into the plan of the given ascending ids, and which of them are in the plan at all."""
+        if not len(self.ids):
+            return np.zeros(len(row_ids), dtype=np.int64), np.zeros(len(row_ids), dtype=bool)
+        index = np.minimum(np.searchsorted(self.ids, row_ids), len(self.ids) - 1)
+        return index, self.ids[index] == row_ids
+
+
 def _plan(export, spec, counts):
-    """Stream the selection once (ids and split keys only) and return (ids, is_validation) in write order."""
+    """Stream the selection once (ids and split keys only, through a server-side cursor) into a _Plan."""
     val_fraction = spec["val_fraction"]
     fields = ["id", "is_flagged", "num_turns"] + (["seed__text", "topic"] if val_fraction > 0 else [])
     excludes_flagged = _excludes_flagged(spec)
@@ -230,21 +262,97 @@ def _plan(export, spec, counts):
             ids, validation = ids[keep], validation[keep]
     counts["collapsed_near_duplicates"] = collapsed
 
+    rank = None
     if spec["shuffle"] and len(ids):
         order = np.argsort(_mix64(ids, spec["shuffle_seed"]), kind="stable")
-        ids, validation = ids[order], validation[order]
-    return ids, validation
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[order] = np.arange(len(ids), dtype=np.int64)
+    return _Plan(ids, validation, rank)
+
+
+def _stream(queryset, ids, *, export=None):
+    """(row, index into ids) for every row of `queryset` (a values_list starting with id) whose id is in the
+    ascending array `ids`, in id order."""
+    if not len(ids):
+        return
+    plan = _Plan(ids, None, None)
+    pages = _pages(queryset, int(ids[0]), int(ids[-1]))
+    # Outside a transaction the next page is read by a helper thread (its own connection) while this one is
+    # rendered: the database and Python work side by side. Inside one (a test, a caller's atomic block) another
+    # connection could not see the rows, so the pages are read here.
+    for rows in (pages if connection.in_atomic_block else _read_ahead(pages)):
+        if export is not None:
+            export.beat()
+        index, hit = plan.locate(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+        for row, i, ok in zip(rows, index.tolist(), hit.tolist()):
+            if ok:
+                yield row, i
+
+
+def _pages(queryset, low, high):
+    """Keyset pages (id > last ORDER BY id LIMIT n): short queries in autocommit, so there is no long
+    transaction, nothing is materialised on the server, and progress written meanwhile is visible at once."""
+    last = low - 1
+    while True:
+        rows = list(queryset.filter(id__gt=last, id__lte=high).order_by("id")[:STREAM_CHUNK])
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]
+
+
+_DONE = object()
+
+
+def _read_ahead(pages, depth=2):
+    """Iterate `pages` in a helper thread, at most `depth` pages ahead; its errors are raised here."""
+    ready = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item):
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for page in pages:
+                if not offer(page):
+                    return
+            offer(_DONE)
+        except BaseException as error:  # noqa: BLE001 - handed to the reading thread, which raises it
+            offer(error)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    worker = threading.Thread(target=work, name="export-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _near_duplicates(export, spec, ids):
     from collection.filters import near_duplicate_groups
 
+    queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(
+        "id", "turns_text")
+
     def texts():
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start:start + CHUNK].tolist()
-            export.beat()
-            for pk, turns in Dialogue.objects.filter(pk__in=chunk).order_by("id").values_list("id", "turns"):
-                yield pk, "\n".join(t["text"] for t in turns)
+        for (pk, turns), _ in _stream(queryset, ids, export=export):
+            yield pk, "\n".join(t["text"] for t in orjson.loads(turns))
 
     return near_duplicate_groups(texts(), threshold=spec["dedupe_threshold"], num_perm=spec["dedupe_num_perm"])
 
@@ -265,36 +373,87 @@ def _mix64(ids, seed):
 # --- write ------------------------------------------------------------------------------------------------
 
 def _write(export, workdir):
+    """Read the planned rows once, in id order (like COPY), render each as it comes, and write them: straight
+    to the file(s) in id order, or through the spool when shuffled."""
     spec = export.spec
     counts = {}
-    ids, validation = _plan(export, spec, counts)
-    total = len(ids)
+    plan = _plan(export, spec, counts)
+    total = len(plan)
     Export.objects.filter(pk=export.pk).update(total=total, progress=0, heartbeat_at=timezone.now())
     splits = SPLITS if spec["val_fraction"] > 0 else ("train",)
     hf = export.format == formats.HF
     sink = _HfSink(workdir, splits) if hf else _TextSink(export.format, workdir, splits)
-    fields = ["id", "topic", "turns"] + (["seed_set__name", "source"] if hf else [])
-    written = {split: 0 for split in splits}
-    changed = 0
-    candidates = _candidates(spec)
+    fields = ["id", "topic", "turns_text"] + (["seed_set__name", "source"] if hf else [])
+    queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(*fields)
+    spool = _Spool(workdir / "spool", total) if plan.rank is not None else None
+    validation = plan.validation.astype(np.uint8).tobytes()  # indexing bytes gives a plain int
+    seen = 0
+    next_report = time.monotonic() + PROGRESS_SECONDS
     try:
-        for start in range(0, total, CHUNK):
-            chunk = ids[start:start + CHUNK].tolist()
-            rows = {row[0]: row for row in candidates.filter(pk__in=chunk).order_by().values_list(*fields)}
-            for pk, is_validation in zip(chunk, validation[start:start + CHUNK].tolist()):
-                row = rows.get(pk)
-                if row is None:
-                    changed += 1  # no longer matches the filters (reviewed, edited or deleted meanwhile)
-                    continue
-                split = "validation" if is_validation else "train"
-                sink.write(split, row)
-                written[split] += 1
-            Export.objects.filter(pk=export.pk).update(progress=start + len(chunk), heartbeat_at=timezone.now())
+        for row, i in _stream(queryset, plan.ids):
+            data = sink.encode(row)
+            if spool is None:
+                sink.write_encoded(SPLITS[validation[i]], data)
+            else:
+                spool.add(int(plan.rank[i]), validation[i], data)
+            seen += 1
+            if time.monotonic() >= next_report:
+                Export.objects.filter(pk=export.pk).update(progress=seen, heartbeat_at=timezone.now())
+                next_report = time.monotonic() + PROGRESS_SECONDS
+        if spool is not None:
+            for flag, data in spool.replay():
+                sink.write_encoded(SPLITS[flag], data)
     finally:
         files = sink.close()
-    counts.update(changed_during_export=changed, train=written["train"], validation=written.get("validation", 0),
-                  written=sum(written.values()))
+        if spool is not None:
+            spool.close()
+    # A planned dialogue that no longer matches (reviewed, edited or deleted meanwhile) is left out and counted.
+    counts.update(changed_during_export=total - seen, train=sink.written["train"],
+                  validation=sink.written.get("validation", 0), written=sum(sink.written.values()))
     return counts, files
+
+
+class _Spool:
+    """Puts rows read in id order back into shuffled order without holding them in memory: each rendered row goes
+    to the bucket file for its output position; then each bucket (a bounded slice of the output) is read, put in
+    order and written. Two sequential passes over local disk instead of one random database read per row."""
+
+    HEADER = struct.Struct("<QBI")  # output position, split (0 train, 1 validation), length
+
+    def __init__(self, folder, total):
+        folder.mkdir()
+        self.total = total
+        self.size = max(BUCKET_ROWS, -(-total // MAX_BUCKETS))
+        self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 16)
+                      for n in range(max(1, -(-total // self.size)))]
+
+    def add(self, rank, flag, data):
+        self.files[rank // self.size].write(self.HEADER.pack(rank, flag, len(data)) + data)
+
+    def replay(self):
+        """(split flag, data) in output order; positions whose row never came (changed meanwhile) are skipped."""
+        header = self.HEADER
+        for number, handle in enumerate(self.files):
+            handle.close()
+            path = Path(handle.name)
+            blob = memoryview(path.read_bytes())
+            path.unlink()
+            base = number * self.size
+            slots = [None] * min(self.size, self.total - base)
+            offset = 0
+            while offset < len(blob):
+                rank, flag, length = header.unpack_from(blob, offset)
+                offset += header.size
+                slots[rank - base] = (flag, blob[offset:offset + length])
+                offset += length
+            for slot in slots:
+                if slot is not None:
+                    yield slot
+            del slots, blob
+
+    def close(self):
+        for handle in self.files:
+            handle.close()
 
 
 class _TextSink:
@@ -306,10 +465,16 @@ class _TextSink:
         self.paths[splits[0]].parent.mkdir()
         self.handles = {split: open(path, "wb", buffering=1 << 20) for split, path in self.paths.items()}
         self.writers = {split: formats.CorpusWriter(fmt, handle) for split, handle in self.handles.items()}
+        self.written = dict.fromkeys(splits, 0)
+        self.encoder = self.writers[splits[0]]
 
-    def write(self, split, row):
+    def encode(self, row):
         _, topic, turns = row
-        self.writers[split].write(topic=topic, turns=turns)
+        return self.encoder.encode(topic=topic, turns=orjson.loads(turns))
+
+    def write_encoded(self, split, data):
+        self.writers[split].write_encoded(data)
+        self.written[split] += 1
 
     def close(self):
         for split, writer in self.writers.items():
@@ -337,17 +502,22 @@ class _HfSink:
         self.parquet = {split: pq.ParquetWriter(str(self.root / "parquet" / f"{split}.parquet"), self.schema,
                                                 compression="zstd") for split in splits}
         self.buffers = {split: self._empty() for split in splits}
+        self.written = dict.fromkeys(splits, 0)
         self.closed = False
 
     def _empty(self):
         return {name: [] for name in self.schema.names}
 
-    def write(self, split, row):
-        pk, topic, turns, seed_set, source = row
+    def encode(self, row):
+        return orjson.dumps(row)
+
+    def write_encoded(self, split, data):
+        pk, topic, turns, seed_set, source = orjson.loads(data)
+        self.written[split] += 1
         buffer = self.buffers[split]
         buffer["id"].append(pk)
         buffer["topic"].append(topic)
-        buffer["messages"].append(formats.hf_messages(turns))
+        buffer["messages"].append(formats.hf_messages(orjson.loads(turns)))
         buffer["seed_set"].append(seed_set)
         buffer["source"].append(source)
         buffer["split"].append(split)
@@ -411,16 +581,14 @@ def _package(export, workdir, files):
 
 
 def _zip_folder(folder, archive):
-    """Deterministic zip: sorted entries, fixed dates and permissions; Parquet is already compressed."""
+    """Deterministic zip: sorted entries with fixed dates and permissions. Stored, not deflated, like the single
+    file of an unsplit export: compressing a gigabyte would cost more time than the whole export."""
     entries = sorted(p for p in folder.rglob("*") if p.is_file())
-    with zipfile.ZipFile(archive, "w", allowZip64=True) as zf:
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for path in entries:
-            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_STORED if path.suffix == ".parquet" else zipfile.ZIP_DEFLATED
-            info.file_size = path.stat().st_size
-            with open(path, "rb") as source, zf.open(info, "w", force_zip64=info.file_size > 2**31) as target:
-                shutil.copyfileobj(source, target, 1 << 20)
+            os.chmod(path, 0o644)
+            os.utime(path, (_ZIP_EPOCH, _ZIP_EPOCH))
+            zf.write(path, path.relative_to(folder).as_posix())
 
 
 def output_paths(fmt, out, splits):

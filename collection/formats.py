@@ -14,9 +14,10 @@ file sees) but would split when read back.
 
 No Django here: plain functions over dicts and strings, reused by collection.exporting and collection.corpus_import.
 """
-import json
 import re
 from dataclasses import dataclass, field
+
+import orjson
 
 from collection.turns import AI, HUMAN, TurnsError, validate_turns
 
@@ -64,9 +65,15 @@ class ParsedRecord:
 
 # --- writing ------------------------------------------------------------------------------------------------
 
+def dumps_bytes(record):
+    """One record as one line of UTF-8 JSON: compact, non-ASCII text kept as is (not \\u-escaped), keys in the
+    order the record was built, so the bytes depend only on the record. orjson: about 3x faster than json.dumps,
+    which matters at a million dialogues."""
+    return orjson.dumps(record)
+
+
 def dumps(record):
-    """One record as one line of JSON: UTF-8 text kept as is, keys in the order the record was built."""
-    return json.dumps(record, ensure_ascii=False)
+    return dumps_bytes(record).decode("utf-8")
 
 
 def baize_input(turns):
@@ -130,11 +137,21 @@ class CorpusWriter:
             self.file.write(b"[")
 
     def write(self, *, topic, turns):
-        line = dumps(render_record(self.fmt, topic=topic, turns=turns)).encode("utf-8")
+        self.write_encoded(self.encode(topic=topic, turns=turns))
+
+    def encode(self, *, topic, turns):
+        """One record's bytes, without separators: what write_encoded takes (the export renders rows as it reads
+        them and may write them later, in shuffled order)."""
+        return dumps_bytes(render_record(self.fmt, topic=topic, turns=turns))
+
+    def write_encoded(self, line):
+        """Write one record rendered by encode (bytes or a memoryview of them)."""
         if self.fmt == BAIZE:
-            self.file.write((b",\n" if self.count else b"\n") + line)
+            self.file.write(b",\n" if self.count else b"\n")
+            self.file.write(line)
         else:
-            self.file.write(line + b"\n")
+            self.file.write(line)
+            self.file.write(b"\n")
         self.count += 1
 
     def close(self):
