@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from collection import formats
+from collection.exporting import keep_alive
 from collection.filters import check_dialogue
 from collection.models import Dialogue, DialogueFlag, Import, JobStatus, Seed, SeedSet, normalize_seed_text, seed_hash
 from collection.readers import ReaderError, iter_records
@@ -85,7 +86,7 @@ def corpus_import_execute(import_id):
         return job
     progress = _Progress(job.pk)
     try:
-        with _local_file(job.path) as local_path:
+        with keep_alive(job), _local_file(job.path) as local_path:
             seed_set = _run(job, local_path, progress)
     except (CorpusImportError, ReaderError) as error:
         _fail(job, str(error))

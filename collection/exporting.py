@@ -17,6 +17,7 @@ split.
 Memory stays flat: the plan pass streams ids through a server-side cursor and keeps them in numpy arrays
 (a few bytes per dialogue); rows are then fetched and written in chunks of CHUNK ids, in the planned order.
 """
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,6 +30,7 @@ import threading
 import time
 import zipfile
 from array import array
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import orjson
 from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import connection, connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
@@ -163,12 +165,13 @@ def export_execute(export_id, *, out=None):
     Export.objects.filter(pk=export.pk).update(code_version=code_version())
     workdir = Path(tempfile.mkdtemp(prefix=f"export-{export.pk}-", dir=_temp_root()))
     try:
-        counts, files = _write(export, workdir)
-        artifact, name = _package(export, workdir, files)
-        if out is not None:
-            counts["out"] = [str(p) for p in _deliver(export, files, Path(out))]
-        sha256, size = _digest(artifact)
-        path = _store(artifact, f"exports/{export.pk}/{name}")
+        with keep_alive(export):
+            counts, files = _write(export, workdir)
+            artifact, name = _package(export, workdir, files)
+            if out is not None:
+                counts["out"] = [str(p) for p in _deliver(export, files, Path(out))]
+            sha256, size = _digest(artifact)
+            path = _store(artifact, f"exports/{export.pk}/{name}")
         Export.objects.filter(pk=export.pk).update(path=path, sha256=sha256, size_bytes=size, counts=counts,
                                                    progress=counts["written"])
         export.mark_finished(JobStatus.SUCCEEDED)
@@ -179,6 +182,53 @@ def export_execute(export_id, *, out=None):
         shutil.rmtree(workdir, ignore_errors=True)
     export.refresh_from_db()
     return export
+
+
+def stale_jobs_fail():
+    """Mark exports and corpus imports whose worker went silent (no heartbeat for JOB_STALE_SECONDS) as failed,
+    so they do not show "running" forever. They are not re-queued: an export may have been run by the CLI, and a
+    corpus import is one transaction, so nothing of it is left; the user starts it again. Returns how many."""
+    from collection.models import Import
+
+    cutoff = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+    failed = 0
+    for queryset in (Export.objects.all(), Import.objects.filter(kind=Import.Kind.CORPUS)):
+        failed += queryset.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff).update(
+            status=JobStatus.FAILED, finished_at=timezone.now(),
+            error="The worker stopped (no heartbeat for more than "
+                  f"{settings.JOB_STALE_SECONDS:g} s); nothing was kept. Start it again.")
+    return failed
+
+
+@contextlib.contextmanager
+def keep_alive(job):
+    """Beat the job row's heartbeat from a helper thread (its own connection) while the block runs, whatever it
+    is busy with (a long near-duplicate pass, zipping, copying into storage): only a job whose process died goes
+    stale. Skipped inside a transaction, where another connection would not see the row, and on SQLite."""
+    if connection.in_atomic_block or connection.vendor != "postgresql":
+        yield
+        return
+    stop = threading.Event()
+    model, pk = type(job), job.pk
+
+    def beat():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '2s'")  # never wait long on the job row
+            while not stop.wait(settings.JOB_HEARTBEAT_SECONDS):
+                model.objects.filter(pk=pk, status=JobStatus.RUNNING).update(heartbeat_at=timezone.now())
+        except DatabaseError:
+            log.warning("%s %s: heartbeat skipped", model.__name__, pk, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{model.__name__}-{pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @lru_cache(maxsize=1)

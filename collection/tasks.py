@@ -78,3 +78,11 @@ def recover_on_worker_start(sender=None, **kwargs):
 
     recover_stale_jobs.apply_async(kwargs={"follow_up": True})
     warm_up()
+
+
+@shared_task(name="collection.fail_stale_exports", queue="default")
+def fail_stale_exports():
+    """Mark exports and corpus imports whose worker died as failed (periodic, see CELERY_BEAT_SCHEDULE)."""
+    from collection.exporting import stale_jobs_fail
+
+    return stale_jobs_fail()

@@ -367,3 +367,43 @@ def test_it_refuses_bad_command_options(db, tmp_path, args, words):
     with pytest.raises(CommandError, match=words):
         call_command("export_corpus", str(tmp_path / "x.jsonl"), *args, stdout=io.StringIO())
     assert not (tmp_path / "x.jsonl").exists()
+
+
+# --- jobs whose worker died ------------------------------------------------------------------------------------
+
+def test_it_fails_exports_and_corpus_imports_whose_worker_went_silent(db, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from collection.exporting import stale_jobs_fail
+    from collection.models import Import
+    from collection.tasks import fail_stale_exports
+
+    old = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5)
+    stale = Export.objects.create(format="openai", spec={}, status="running", heartbeat_at=old)
+    alive = Export.objects.create(format="openai", spec={}, status="running", heartbeat_at=timezone.now())
+    queued = Export.objects.create(format="openai", spec={}, status="queued")
+    corpus = Import.objects.create(kind="corpus", filename="c.jsonl", status="running", heartbeat_at=old)
+    seeds = Import.objects.create(kind="seeds", filename="s.txt", status="running", heartbeat_at=old)
+    assert stale_jobs_fail() == 2
+    assert fail_stale_exports() == 0  # the periodic task: nothing left to do
+    for job, status in ((stale, "failed"), (alive, "running"), (queued, "queued"), (corpus, "failed"),
+                        (seeds, "running")):
+        job.refresh_from_db()
+        assert job.status == status
+    assert "no heartbeat" in stale.error and stale.finished_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_the_heartbeat_going_while_an_export_is_busy(settings):
+    import time as clock
+
+    from collection.exporting import keep_alive
+
+    settings.JOB_HEARTBEAT_SECONDS = 0.05
+    export = Export.objects.create(format="openai", spec={}, status="running", heartbeat_at=None)
+    with keep_alive(export):
+        clock.sleep(0.5)  # busy with something that writes no progress
+        export.refresh_from_db()
+        assert export.heartbeat_at is not None
