@@ -110,6 +110,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     # Periodic recovery work is listed here and only here.
     "recover-stale-jobs": {"task": "collection.recover_stale_jobs", "schedule": 30.0},
+    "fail-stale-exports": {"task": "collection.fail_stale_exports", "schedule": 60.0},
 }
 # Redis for shared rate limits and leases; defaults to the broker when that is Redis.
 REDIS_URL = env.url("REDIS_URL", schemes={"redis", "rediss"}) or (
