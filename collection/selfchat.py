@@ -203,7 +203,7 @@ class Driver:
                 break
             if not buffer:
                 # Claim a whole batch at once: one short transaction per `concurrency` seeds, not per seed.
-                buffer = await self.db.run(self._claim, limit=max(concurrency, 8))
+                buffer = await self.db.run(self._claim, limit=concurrency)
                 buffer.reverse()
             if buffer:
                 work = buffer.pop()

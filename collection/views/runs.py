@@ -23,7 +23,7 @@ from collection.templates_default import ensure_default_templates
 reviewer_required = role_required(REVIEWER)
 PAGE_SIZE = 50
 FAILED_SHOWN = 200
-MAIN_FIELDS = ("seed_set", "endpoint", "model", "mode", "template", "name")
+MAIN_FIELDS = ("seed_set", "endpoint", "model", "template", "mode", "name")
 
 
 def _endpoint_label(endpoint):
@@ -35,9 +35,11 @@ class RunForm(forms.Form):
     seed_set = forms.ModelChoiceField(queryset=SeedSet.objects.order_by("name"))
     endpoint = forms.ModelChoiceField(queryset=Endpoint.objects.order_by("name"))
     model = forms.CharField(max_length=200, help_text="The model name the endpoint serves, e.g. gpt-4o-mini.")
-    mode = forms.ChoiceField(choices=SelfChatTemplate.Mode.choices, initial=GenerationRun.Mode.TRANSCRIPT)
     template = forms.ModelChoiceField(queryset=SelfChatTemplate.objects.order_by("name", "-version"),
-                                      help_text="Its mode must match the run's mode.")
+                                      help_text="Editable, versioned prompts (admin → Self-chat templates).")
+    mode = forms.ChoiceField(choices=[("", "the template's mode")] + SelfChatTemplate.Mode.choices, required=False,
+                             help_text="transcript: one completion per seed; turns: a simulated human and an answer "
+                                       "per turn.")
     name = forms.CharField(max_length=200, required=False)
     temperature = forms.FloatField(required=False, min_value=0, max_value=2, initial=0.7)
     max_tokens = forms.IntegerField(required=False, min_value=1, max_value=1_000_000, initial=1024)
@@ -102,7 +104,7 @@ def run_new(request):
             try:
                 run = services.generation_run_start(
                     seed_set=data["seed_set"], endpoint=data["endpoint"], model=data["model"],
-                    template=data["template"], mode=data["mode"], params=form.sampling(),
+                    template=data["template"], mode=data["mode"] or None, params=form.sampling(),
                     max_turns=data["max_turns"], concurrency=data["concurrency"], budget_usd=data["budget_usd"],
                     budget_tokens=data["budget_tokens"], sample_size=data["sample_size"],
                     sample_seed=data["sample_seed"], language=data["language"], min_turns=data["min_turns"],
