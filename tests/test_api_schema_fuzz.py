@@ -28,7 +28,7 @@ from tests.factories import make_dialogue, make_endpoint, make_price, make_seed_
 
 TOKEN = "f" * 40
 # Per operation and mode (valid and invalid data); FUZZ_EXAMPLES=200 for a deeper run by hand.
-EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 12))
+EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 10))
 
 
 @pytest.fixture
@@ -48,7 +48,13 @@ def api_schema(wsgi_app):
 
 
 @pytest.fixture
-def workspace(settings, tmp_path, admin_user, reviewer):
+def fast_passwords(settings):
+    # POST /api/auth/token/ hashes every generated password; the production hasher would take most of the run.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def workspace(fast_passwords, settings, tmp_path, admin_user, reviewer):
     settings.STORAGES = {**settings.STORAGES, "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path}}}
     RejectReason.objects.get_or_create(code="off-topic", defaults={"label": "Off-topic"})

@@ -87,3 +87,26 @@ def test_it_refuses_an_upload_over_the_size_limit(as_reviewer, settings, artifac
     assert "big.csv" in response.json()["file"][0]
     assert not Import.objects.exists()
     assert not (artifacts / "imports").exists()
+
+
+@pytest.fixture
+def eager_tasks():
+    """The embedded mode: tasks run in-process when the transaction commits."""
+    from baize_eval.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+def test_it_runs_the_import_in_process_in_the_embedded_mode(as_reviewer, eager_tasks,
+                                                             django_capture_on_commit_callbacks):
+    bad = b"question\nfine\n" + b"\xff\xfe broken\n"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = upload(as_reviewer, content=bad, name="broken.txt", format="txt")
+    assert response.status_code == 201
+    body = as_reviewer.get(f"/api/seed-imports/{response.json()['id']}/").json()
+    assert body["status"] == "failed"
+    assert "broken.txt" in body["error"] and "line 3" in body["error"], body["error"]
+    assert not SeedSet.objects.exists()
