@@ -190,8 +190,8 @@ def main():
             result = time_export(seed_set, args.format, VARIANTS[name])
             runs[name].append(result)
             print(f"[{attempt + 1}] export {args.format} [{name}]: {result['written']} dialogues, "
-                  f"{result['bytes'] / 1e6:.1f} MB in {result['seconds']} s; peak RSS {result['peak_rss_mb']} MB",
-                  flush=True)
+                  f"{result['bytes'] / 1e6:.1f} MB in {result['seconds']} s; peak RSS {result['peak_rss_mb']} MB; "
+                  f"phases {result['counts'].get('seconds')}", flush=True)
     results["copy"] = min(runs["copy"], key=lambda r: r["seconds"])
     print(f"best psql COPY: {results['copy']['seconds']} s")
     for name in variants:

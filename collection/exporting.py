@@ -166,11 +166,11 @@ def export_execute(export_id, *, out=None):
     workdir = Path(tempfile.mkdtemp(prefix=f"export-{export.pk}-", dir=_temp_root()))
     try:
         with keep_alive(export):
-            counts, files = _write(export, workdir)
+            counts, files, digests = _write(export, workdir)
             artifact, name = _package(export, workdir, files)
             if out is not None:
                 counts["out"] = [str(p) for p in _deliver(export, files, Path(out))]
-            sha256, size = _digest(artifact)
+            sha256, size = digests.get(artifact) or _digest(artifact)
             path = _store(artifact, f"exports/{export.pk}/{name}")
         Export.objects.filter(pk=export.pk).update(path=path, sha256=sha256, size_bytes=size, counts=counts,
                                                    progress=counts["written"])
@@ -427,7 +427,9 @@ def _write(export, workdir):
     to the file(s) in id order, or through the spool when shuffled."""
     spec = export.spec
     counts = {}
+    started = time.monotonic()
     plan = _plan(export, spec, counts)
+    planned = time.monotonic()
     total = len(plan)
     Export.objects.filter(pk=export.pk).update(total=total, progress=0, heartbeat_at=timezone.now())
     splits = SPLITS if spec["val_fraction"] > 0 else ("train",)
@@ -450,6 +452,7 @@ def _write(export, workdir):
             if time.monotonic() >= next_report:
                 Export.objects.filter(pk=export.pk).update(progress=seen, heartbeat_at=timezone.now())
                 next_report = time.monotonic() + PROGRESS_SECONDS
+        read = time.monotonic()
         if spool is not None:
             for flag, data in spool.replay():
                 sink.write_encoded(SPLITS[flag], data)
@@ -457,10 +460,13 @@ def _write(export, workdir):
         files = sink.close()
         if spool is not None:
             spool.close()
+    # Where the time went, for the page and the benchmark (not part of the file).
+    counts["seconds"] = {"plan": round(planned - started, 2), "read_and_render": round(read - planned, 2),
+                         "shuffle_and_finish": round(time.monotonic() - read, 2)}
     # A planned dialogue that no longer matches (reviewed, edited or deleted meanwhile) is left out and counted.
     counts.update(changed_during_export=total - seen, train=sink.written["train"],
                   validation=sink.written.get("validation", 0), written=sum(sink.written.values()))
-    return counts, files
+    return counts, files, getattr(sink, "digests", {})
 
 
 class _Spool:
@@ -478,7 +484,9 @@ class _Spool:
                       for n in range(max(1, -(-total // self.size)))]
 
     def add(self, rank, flag, data):
-        self.files[rank // self.size].write(self.HEADER.pack(rank, flag, len(data)) + data)
+        handle = self.files[rank // self.size]
+        handle.write(self.HEADER.pack(rank, flag, len(data)))
+        handle.write(data)
 
     def replay(self):
         """(split flag, data) in output order; positions whose row never came (changed meanwhile) are skipped."""
@@ -513,7 +521,7 @@ class _TextSink:
         suffix = formats.EXTENSIONS[fmt]
         self.paths = {split: workdir / "files" / f"{split}{suffix}" for split in splits}
         self.paths[splits[0]].parent.mkdir()
-        self.handles = {split: open(path, "wb", buffering=1 << 20) for split, path in self.paths.items()}
+        self.handles = {split: _HashingFile(path) for split, path in self.paths.items()}
         self.writers = {split: formats.CorpusWriter(fmt, handle) for split, handle in self.handles.items()}
         self.written = dict.fromkeys(splits, 0)
         self.encoder = self.writers[splits[0]]
@@ -530,7 +538,29 @@ class _TextSink:
         for split, writer in self.writers.items():
             writer.close()
             self.handles[split].close()
+        # Hashed while written: a gigabyte need not be read again for its sha256.
+        self.digests = {self.paths[split]: handle.digest() for split, handle in self.handles.items()}
         return self.paths
+
+
+class _HashingFile:
+    """A binary file that keeps the sha256 and size of what is written to it."""
+
+    def __init__(self, path):
+        self.file = open(path, "wb", buffering=1 << 20)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def close(self):
+        self.file.close()
+
+    def digest(self):
+        return self.sha256.hexdigest(), self.size
 
 
 class _HfSink:
