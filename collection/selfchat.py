@@ -44,8 +44,9 @@ from collection.parsing import DEFAULT_AI_MARKERS, DEFAULT_HUMAN_MARKERS, parse_
 logger = logging.getLogger(__name__)
 
 JOB_KIND = "generation_run"
-# Postgres gets a few connections for the DB work of one run; SQLite has one writer anyway.
-DB_THREADS_POSTGRES = 4
+# Database threads (and connections) per run: one for the group-commit writer, one for claims and heartbeats;
+# SQLite has one writer anyway.
+DB_THREADS_POSTGRES = 2
 ITEM_ERROR_LIMIT = 2000
 # Most writes one group commit takes; the rest wait for the next (a transaction stays short).
 WRITE_BATCH = 256

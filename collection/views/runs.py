@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from baize_eval.celery import app
 from baize_eval.llm.models import Endpoint
 from baize_eval.roles import REVIEWER, role_required
 from collection import filters, services
@@ -88,6 +89,9 @@ class BudgetForm(forms.Form):
 @reviewer_required
 @require_GET
 def run_list(request):
+    if app.conf.task_always_eager:
+        # Embedded mode has no periodic sweep: a run left running by a stopped server is resumed from here.
+        services.stale_runs_recover()
     runs = GenerationRun.objects.select_related("seed_set", "endpoint", "template").order_by("-id")
     page = Paginator(runs, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "collection/run_list.html", {"page": page, "runs": page.object_list})
