@@ -5,8 +5,8 @@ A spec is a plain dict (it is stored on Export rows and passed in query strings)
   flag ("any" | "none" | a rule name), min_turns, max_turns, min_length, max_length (characters), q (text search).
 """
 from django.conf import settings
-from django.contrib.postgres.search import SearchQuery, SearchVector
-from django.db.models import Exists, OuterRef
+from django.contrib.postgres.search import SearchQuery, SearchVectorExact, SearchVectorField
+from django.db.models import Exists, Expression, OuterRef
 
 from collection.models import Dialogue, DialogueFlag
 
@@ -14,8 +14,22 @@ SPEC_KEYS = ("seed_set", "run", "status", "flag", "min_turns", "max_turns", "min
 INT_KEYS = ("seed_set", "run", "min_turns", "max_turns", "min_length", "max_length")
 STATUSES = [value for value, _ in Dialogue.Status.choices]
 SEARCH_CONFIG = "english"
-# Full-text search goes through this exact expression so Postgres can use the GIN index built on it.
-SEARCH_VECTOR = SearchVector("search_document", config=SEARCH_CONFIG)
+
+
+class StoredSearchVector(Expression):
+    """The dialogue's stored tsvector column: to_tsvector('english', search_document), kept current by a trigger
+    and GIN-indexed (Postgres only; migration collection 0002). It is not a model field, so only searches read it."""
+
+    output_field = SearchVectorField()
+
+    def as_sql(self, compiler, connection):
+        # The query's own alias for the dialogue table (U0 and the like inside subqueries).
+        alias = compiler.query.get_initial_alias()
+        return f"{compiler.quote_name_unless_alias(alias)}.search_vector", []
+
+
+# Full-text search goes through this expression so Postgres uses the GIN index and never re-parses documents.
+SEARCH_VECTOR = StoredSearchVector()
 
 
 class SelectionError(ValueError):
@@ -85,7 +99,7 @@ def select_dialogues(spec, queryset=None):
 def text_search(qs, query):
     """Postgres full-text search; on the embedded SQLite demo, a plain substring match."""
     if settings.IS_POSTGRES:
-        return qs.annotate(search=SEARCH_VECTOR).filter(
-            search=SearchQuery(query, config=SEARCH_CONFIG, search_type="websearch")
+        return qs.filter(
+            SearchVectorExact(SEARCH_VECTOR, SearchQuery(query, config=SEARCH_CONFIG, search_type="websearch"))
         )
     return qs.filter(search_document__icontains=query)

@@ -135,6 +135,29 @@ def test_it_links_review_next_and_the_export_to_the_same_selection(as_reviewer, 
     assert f'href="/review/bulk/?action=approve&amp;{query}"' in page
 
 
+def test_it_counts_broad_text_searches_exactly_up_to_a_cap_then_labels_an_estimate(as_reviewer, seed_set, monkeypatch):
+    from collection.views import review as review_views
+
+    monkeypatch.setattr(review_views, "COUNT_CAP", 3)
+    for n in range(5):
+        make_dialogue(seed_set, topic=f"Basil {n}")
+    make_dialogue(seed_set, topic="Mint", turns=[{"role": "human", "text": "Mint tea?"}, {"role": "ai", "text": "Yes."}])
+    page = html(as_reviewer.get("/review/?q=mint"))  # under the cap: exact everywhere
+    assert '<strong id="selection-count">1</strong>' in page and ">undecided <b>1</b>" in page
+    page = html(as_reviewer.get("/review/?q=basil"))  # over the cap: no numbers pretending to be exact
+    assert "≈" in page and "(approximate)" in page and 'id="approximate-note"' in page
+    assert ">undecided <b>" not in page and ">refusal <b>" not in page
+    assert page.count("<tr data-href") == 5
+    page = html(as_reviewer.get(f"/review/?seed_set={seed_set.pk}"))  # index-covered filters stay exact
+    assert '<strong id="selection-count">6</strong>' in page and ">undecided <b>6</b>" in page
+
+
+def test_it_searches_the_current_text_after_an_edit(as_reviewer, dialogue):
+    as_reviewer.post(f"/review/{dialogue.pk}/edit/", {"version": 1, "turn_index": 1, "text": "Use a grow lamp."})
+    assert f'href="/review/{dialogue.pk}/' in html(as_reviewer.get("/review/?q=lamp"))
+    assert f'href="/review/{dialogue.pk}/' not in html(as_reviewer.get("/review/?q=sunny"))
+
+
 def test_it_explains_a_bad_filter(as_reviewer, dialogue):
     response = as_reviewer.get("/review/?min_turns=lots")
     assert response.status_code == 400 and "min_turns" in html(response)

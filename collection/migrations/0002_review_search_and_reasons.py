@@ -1,13 +1,52 @@
-"""Review queue support: the full-text index behind the queue's text search, and the default reject reasons.
+"""Review queue support: a stored full-text vector with its GIN index, indexes that answer the queue's counts
+without reading the wide dialogue rows, and the default reject reasons.
 
-The GIN index is built on exactly the expression collection.selection.SEARCH_VECTOR compiles to, so Postgres uses
-it for `q=` searches. It exists only on Postgres; the embedded SQLite demo searches with a substring match and
-migrates without it.
+Postgres only (the embedded SQLite demo searches with a substring match and counts by scanning; it migrates
+without these):
+- `collection_dialogue.search_vector`, kept equal to to_tsvector('english', search_document) by a trigger on every
+  insert and every update that writes search_document (ORM, bulk_create, COPY alike). collection.selection's
+  SEARCH_VECTOR reads this column, so a search never re-parses documents: not to re-check index hits (phrases),
+  not when the planner walks the id index with the match as a filter. The column is not a model field, so the
+  ORM never loads it (exports and API lists stay lean).
+- The GIN index on that column (`collection_dialogue_search_gin`).
+- Covering indexes for the queue's GROUP BY status/is_flagged counts per seed set and per run, a covering index by
+  id for counts joined through flags, and a partial index for per-reviewer decision counts.
 """
 from django.db import migrations
 
 SEARCH_INDEX = "collection_dialogue_search_gin"
-SEARCH_EXPRESSION = "to_tsvector('english'::regconfig, COALESCE(\"search_document\", ''))"
+
+POSTGRES_FORWARD = [
+    "ALTER TABLE collection_dialogue ADD COLUMN IF NOT EXISTS search_vector tsvector",
+    """CREATE OR REPLACE FUNCTION collection_dialogue_search_vector() RETURNS trigger AS $$
+       BEGIN
+         NEW.search_vector := to_tsvector('english'::regconfig, COALESCE(NEW.search_document, ''));
+         RETURN NEW;
+       END $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS collection_dialogue_search_vector ON collection_dialogue",
+    """CREATE TRIGGER collection_dialogue_search_vector
+       BEFORE INSERT OR UPDATE OF search_document ON collection_dialogue
+       FOR EACH ROW EXECUTE FUNCTION collection_dialogue_search_vector()""",
+    "UPDATE collection_dialogue SET search_vector = to_tsvector('english'::regconfig, COALESCE(search_document, ''))",
+    f"CREATE INDEX IF NOT EXISTS {SEARCH_INDEX} ON collection_dialogue USING GIN (search_vector)",
+    "CREATE INDEX IF NOT EXISTS collection_dialogue_set_counts ON collection_dialogue "
+    "(seed_set_id, status, is_flagged) INCLUDE (run_id)",
+    "CREATE INDEX IF NOT EXISTS collection_dialogue_run_counts ON collection_dialogue (run_id, status, is_flagged)",
+    "CREATE INDEX IF NOT EXISTS collection_dialogue_id_cover ON collection_dialogue (id) "
+    "INCLUDE (status, is_flagged, seed_set_id, run_id)",
+    "CREATE INDEX IF NOT EXISTS collection_reviewevent_decisions ON collection_reviewevent (actor_id, created_at) "
+    "WHERE action IN ('approve', 'reject')",
+]
+POSTGRES_BACKWARD = [
+    "DROP INDEX IF EXISTS collection_reviewevent_decisions",
+    "DROP INDEX IF EXISTS collection_dialogue_id_cover",
+    "DROP INDEX IF EXISTS collection_dialogue_run_counts",
+    "DROP INDEX IF EXISTS collection_dialogue_set_counts",
+    f"DROP INDEX IF EXISTS {SEARCH_INDEX}",
+    "DROP TRIGGER IF EXISTS collection_dialogue_search_vector ON collection_dialogue",
+    "DROP FUNCTION IF EXISTS collection_dialogue_search_vector()",
+    "ALTER TABLE collection_dialogue DROP COLUMN IF EXISTS search_vector",
+]
 
 DEFAULT_REASONS = [
     ("off-topic", "Off-topic: drifts away from the seed"),
@@ -20,18 +59,16 @@ DEFAULT_REASONS = [
 ]
 
 
-def create_search_index(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    schema_editor.execute(
-        f'CREATE INDEX IF NOT EXISTS {SEARCH_INDEX} ON "collection_dialogue" USING GIN ({SEARCH_EXPRESSION})'
-    )
+def postgres_forward(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        for statement in POSTGRES_FORWARD:
+            schema_editor.execute(statement)
 
 
-def drop_search_index(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    schema_editor.execute(f"DROP INDEX IF EXISTS {SEARCH_INDEX}")
+def postgres_backward(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        for statement in POSTGRES_BACKWARD:
+            schema_editor.execute(statement)
 
 
 def add_reasons(apps, schema_editor):
@@ -49,6 +86,6 @@ class Migration(migrations.Migration):
     dependencies = [("collection", "0001_initial")]
 
     operations = [
-        migrations.RunPython(create_search_index, drop_search_index),
+        migrations.RunPython(postgres_forward, postgres_backward),
         migrations.RunPython(add_reasons, remove_reasons),
     ]

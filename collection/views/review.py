@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, Prefetch, Q
 from django.http import HttpResponseBadRequest, JsonResponse
@@ -26,6 +27,9 @@ from collection.models import Dialogue, DialogueFlag, GenerationRun, RejectReaso
 from collection.selection import SPEC_KEYS, STATUSES, SelectionError, clean_spec, select_dialogues
 
 PAGE_SIZE = 50
+# Filters the covering indexes count exactly at any size; others are counted exactly up to COUNT_CAP dialogues.
+EXACT_COUNT_KEYS = {"seed_set", "run", "status", "flag"}
+COUNT_CAP = 10_000
 SORTS = {
     "id": ("id",), "-id": ("-id",),
     "turns": ("num_turns", "id"), "-turns": ("-num_turns", "-id"),
@@ -37,6 +41,7 @@ SORT_LABELS = {"id": "oldest first", "-id": "newest first", "turns": "fewest tur
 BULK_INLINE_LIMIT = 5000
 
 reviewer_required = role_required(REVIEWER)
+User = get_user_model()
 
 
 # --- The filter in the query string ----------------------------------------------------------------------------
@@ -68,64 +73,120 @@ def _with_query(url, query):
 
 # --- Queue -----------------------------------------------------------------------------------------------------
 
-def queue_counts(spec):
-    """Counts for the queue's chips and progress bar, in two or three GROUP BY queries:
-    ({status: count} ignoring the status filter, {rule: count} ignoring the flag filter, flagged, unflagged)."""
+def _limited(spec, cap):
+    """The dialogues of a filter, at most cap + 1 of them: counting these is exact up to the cap and cheap above."""
+    return Dialogue.objects.filter(pk__in=select_dialogues(spec).order_by().values("pk")[:cap + 1])
+
+
+def _estimate(spec):
+    """The planner's row estimate for a filter (EXPLAIN, no rows read): shown only as "≈ n"."""
+    try:
+        plan = json.loads(select_dialogues(spec).order_by().values("pk").explain(format="json"))
+        return int(plan[0]["Plan"]["Plan Rows"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def queue_counts(spec, *, cap=None):
+    """Counts for the queue's chips, progress bar and pager.
+
+    Filters on seed set, run, status and flag are counted exactly, from covering indexes (two or three GROUP BY
+    queries). A text search or a turns/length filter can match most of a million rows, which no index answers
+    exactly within the page budget; those are counted exactly up to `cap` dialogues, and above it the chips show no
+    number and the total is the planner's estimate, labeled approximate.
+
+    Returns {"status": {status: n} (ignoring the status filter), "rules": {rule: n} (ignoring the flag filter),
+    "flagged", "unflagged" (under the status filter), "total": n for the whole filter, "estimate": ≈n or None}.
+    Any of them is None when it is over the cap."""
+    cap = COUNT_CAP if cap is None else cap
     status = spec.get("status", "all")
     flag = spec.get("flag")
     base = {k: v for k, v in spec.items() if k not in ("status", "flag")}
+    flag_base = {k: v for k, v in spec.items() if k != "flag"}
+    # The embedded SQLite demo is small: it always counts exactly.
+    capped = settings.IS_POSTGRES and not set(spec) <= EXACT_COUNT_KEYS
+
+    def grouped(filter_spec, *fields):
+        qs = _limited(filter_spec, cap) if capped else select_dialogues(filter_spec)
+        rows = list(qs.order_by().values_list(*fields).annotate(n=Count("id")))
+        if capped and sum(row[-1] for row in rows) > cap:
+            return None
+        return rows
+
+    result = {"status": None, "rules": None, "flagged": None, "unflagged": None, "total": None, "estimate": None}
     # One pass over (status, is_flagged) answers both the status chips (under an any/none flag filter) and the
     # flagged/unflagged chips (under the status filter).
-    grid = dict(
-        ((row_status, row_flagged), n) for row_status, row_flagged, n in
-        select_dialogues(base).order_by().values_list("status", "is_flagged").annotate(n=Count("id"))
-    )
-    status_counts = dict.fromkeys(STATUSES, 0)
-    if flag in (None, "any", "none"):
-        for (row_status, row_flagged), n in grid.items():
-            if flag is None or row_flagged == (flag == "any"):
-                status_counts[row_status] += n
+    grid = grouped(base, "status", "is_flagged")
+    if grid is not None:
+        result["flagged"] = sum(n for s, f, n in grid if f and status in ("all", s))
+        result["unflagged"] = sum(n for s, f, n in grid if not f and status in ("all", s))
+        if flag in (None, "any", "none"):
+            result["status"] = dict.fromkeys(STATUSES, 0)
+            for row_status, row_flagged, n in grid:
+                if flag is None or row_flagged == (flag == "any"):
+                    result["status"][row_status] += n
+    if result["status"] is None and flag not in (None, "any", "none"):
+        by_status = grouped({**base, "flag": flag}, "status")
+        if by_status is not None:
+            result["status"] = {**dict.fromkeys(STATUSES, 0), **dict(by_status)}
+    if result["status"] is not None:
+        counts = result["status"]
+        result["total"] = sum(counts.values()) if status == "all" else counts[status]
     else:
-        status_counts.update(dict(
-            select_dialogues({**base, "flag": flag}).order_by().values_list("status").annotate(n=Count("id"))))
-    flagged = sum(n for (row_status, row_flagged), n in grid.items() if row_flagged and status in ("all", row_status))
-    unflagged = sum(n for (row_status, row_flagged), n in grid.items()
-                    if not row_flagged and status in ("all", row_status))
-    rules = dict.fromkeys(RULES, 0)
-    flag_base = {k: v for k, v in spec.items() if k != "flag"}
-    rules.update(dict(
-        DialogueFlag.objects.filter(dialogue__in=select_dialogues(flag_base).values("pk")).order_by()
-        .values_list("rule").annotate(n=Count("id"))
-    ))
-    return status_counts, rules, flagged, unflagged
+        total = _limited(spec, cap).count()
+        if total <= cap:
+            result["total"] = total
+        else:
+            result["estimate"] = max(cap + 1, _estimate(spec) or 0)
+    if not flag_base:
+        # Nothing to join: count the flag rows themselves (index-only on (rule, dialogue)).
+        result["rules"] = dict(DialogueFlag.objects.order_by().values_list("rule").annotate(n=Count("id")))
+    elif not capped or grid is not None or _limited(flag_base, cap).count() <= cap:
+        flags = DialogueFlag.objects.filter(dialogue__in=select_dialogues(flag_base).order_by().values("pk"))
+        result["rules"] = dict(flags.order_by().values_list("rule").annotate(n=Count("id")))
+    if result["rules"] is not None:
+        result["rules"] = {**dict.fromkeys(RULES, 0), **result["rules"]}
+    return result
 
 
 def reviewer_counts():
-    """[(username, decisions today, decisions all time)]: approvals and rejections that were not undone."""
+    """[(username, decisions today, decisions all time)]: approvals and rejections that were not undone.
+
+    Counted as all decisions minus the undone ones (few), so the big count is an index-only scan of the partial
+    decisions index rather than an anti-join over every event."""
     start = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
-    rows = (
-        ReviewEvent.objects.filter(action__in=list(review.DECISIONS), undone_by__isnull=True).order_by()
-        .values_list("actor__username")
-        .annotate(today=Count("id", filter=Q(created_at__gte=start)), total=Count("id"))
-        .order_by("-total", "actor__username")
-    )
-    return list(rows)
+    decisions = list(ReviewEvent.objects.filter(action__in=list(review.DECISIONS)).order_by().values_list("actor_id").annotate(
+        today=Count("id", filter=Q(created_at__gte=start)), total=Count("id")))
+    undone = {
+        actor_id: (today, total) for actor_id, today, total in
+        ReviewEvent.objects.filter(action=ReviewEvent.Action.UNDO, undoes__action__in=list(review.DECISIONS))
+        .order_by().values_list("undoes__actor_id")
+        .annotate(today=Count("id", filter=Q(undoes__created_at__gte=start)), total=Count("id"))
+    }
+    names = dict(User.objects.filter(pk__in=[row[0] for row in decisions]).values_list("pk", "username"))
+    rows = []
+    for actor_id, today, total in decisions:
+        minus_today, minus_total = undone.get(actor_id, (0, 0))
+        if total - minus_total:
+            rows.append((names.get(actor_id, "?"), today - minus_today, total - minus_total))
+    return sorted(rows, key=lambda row: (-row[2], row[0]))
 
 
 @require_GET
 @reviewer_required
 def queue(request):
     spec, sort, error = _filter_from(request.GET)
-    status_counts, rule_counts, flagged, unflagged = queue_counts(spec)
-    all_count = sum(status_counts.values())
+    counts = queue_counts(spec)
+    status_counts, rule_counts = counts["status"], counts["rules"]
     status = spec.get("status", "all")
-    total = all_count if status == "all" else status_counts[status]
+    total = counts["total"]
     try:
         page = max(1, int(request.GET.get("page") or 1))
     except ValueError:
         page = 1
-    pages = max(1, -(-total // PAGE_SIZE))
-    page = min(page, pages)
+    if total is not None:
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(page, pages)
     offset = (page - 1) * PAGE_SIZE
     rows = list(
         select_dialogues(spec)
@@ -133,31 +194,41 @@ def queue(request):
         .only("id", "topic", "status", "num_turns", "length_chars", "is_flagged", "run_id", "version",
               "lease_holder__username", "lease_expires_at", "seed_set__name")
         .prefetch_related(Prefetch("flags", queryset=DialogueFlag.objects.only("dialogue_id", "rule", "reason")))
-        .order_by(*SORTS[sort])[offset:offset + PAGE_SIZE]
+        .order_by(*SORTS[sort])[offset:offset + PAGE_SIZE + 1]
     )
-    decided = status_counts["approved"] + status_counts["rejected"]
-    query = _query(spec, sort)
-    context = {
-        "spec": spec, "sort": sort, "error": error, "rows": rows, "now": timezone.now(),
-        "status_counts": status_counts, "all_count": all_count, "total": total,
-        "rule_counts": rule_counts, "flagged": flagged, "unflagged": unflagged,
-        "progress": {
+    has_next = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    if total is None:  # over the count cap: the pager only knows whether there is a next page
+        pages = None
+    progress = None
+    if status_counts is not None:
+        all_count = sum(status_counts.values())
+        decided = status_counts["approved"] + status_counts["rejected"]
+        progress = {
             "decided": decided, "total": all_count,
             "percent": round(100 * decided / all_count, 1) if all_count else 0,
             "segments": [(s, status_counts[s], 100 * status_counts[s] / all_count if all_count else 0)
                          for s in ("approved", "rejected", "disputed")],
-        },
-        "page": page, "pages": pages, "offset": offset,
+        }
+    query = _query(spec, sort)
+    context = {
+        "spec": spec, "sort": sort, "error": error, "rows": rows, "now": timezone.now(),
+        "status_counts": status_counts, "total": total, "estimate": counts["estimate"],
+        "count_cap": COUNT_CAP,
+        "progress": progress,
+        "page": page, "pages": pages, "offset": offset, "shown_to": offset + len(rows),
         "prev_page": _with_query("/review/", _query(spec, sort, page=page - 1)) if page > 1 else None,
-        "next_page": _with_query("/review/", _query(spec, sort, page=page + 1)) if page < pages else None,
+        "next_page": _with_query("/review/", _query(spec, sort, page=page + 1)) if has_next else None,
         "query": query,
-        "status_links": [(s, status_counts.get(s, all_count) if s != "all" else all_count,
+        "status_links": [(s, None if status_counts is None else
+                          (sum(status_counts.values()) if s == "all" else status_counts[s]),
                           _with_query("/review/", _query({**spec, "status": s}, sort)), status == s)
                          for s in ["all"] + STATUSES],
         "flag_links": [(label, count, _with_query("/review/", _query({**spec, "flag": value}, sort)),
                         spec.get("flag") == value)
-                       for label, value, count in [("any flag", "any", flagged), ("no flag", "none", unflagged)]
-                       + [(rule, rule, rule_counts[rule]) for rule in rule_counts]],
+                       for label, value, count in
+                       [("any flag", "any", counts["flagged"]), ("no flag", "none", counts["unflagged"])]
+                       + [(rule, rule, None if rule_counts is None else rule_counts.get(rule, 0)) for rule in RULES]],
         "flag_clear": _with_query("/review/", _query({k: v for k, v in spec.items() if k != "flag"}, sort)),
         "seed_sets": SeedSet.objects.only("id", "name").order_by("name"),
         "runs": GenerationRun.objects.only("id", "name").order_by("-id")[:200],
