@@ -23,6 +23,7 @@ human writes the next question, stopping at the AI marker, then a clean chat cal
 """
 import asyncio
 import logging
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -48,6 +49,7 @@ JOB_KIND = "generation_run"
 # SQLite has one writer anyway.
 DB_THREADS_POSTGRES = 2
 ITEM_ERROR_LIMIT = 2000
+WORKER_SHUTDOWN = threading.Event()
 # Most writes one group commit takes; the rest wait for the next (a transaction stays short).
 WRITE_BATCH = 256
 
@@ -158,7 +160,7 @@ class Driver:
         self.run = run
         self.token = token
         self.template = run.template
-        self.stop_reason = None  # paused | cancelled | lost | budget | None (running)
+        self.stop_reason = None  # paused | cancelled | lost | budget | shutdown | None (running)
         self.tokens_used = run.total_tokens
         self.cost_used = run.cost_usd
         self.db = None
@@ -196,6 +198,9 @@ class Driver:
         tasks = set()
         all_done = False
         while self.stop_reason is None:
+            if WORKER_SHUTDOWN.is_set():
+                self.stop_reason = "shutdown"
+                break
             if len(tasks) >= concurrency:
                 _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -234,7 +239,7 @@ class Driver:
 
     def may_dispatch(self):
         """The gate before every request (retries and the 2nd..nth call of a turns-mode dialogue included)."""
-        if self.stop_reason in ("lost", "cancelled"):
+        if self.stop_reason in ("lost", "cancelled", "shutdown"):
             return False
         if self.budget_reached():
             self.stop_reason = self.stop_reason or "budget"
@@ -249,6 +254,8 @@ class Driver:
             except Exception:  # noqa: BLE001 - a failed beat (DB blip) must not kill the run; the next one retries
                 logger.warning("run %s: heartbeat failed", self.run.pk, exc_info=True)
                 continue
+            if WORKER_SHUTDOWN.is_set() and self.stop_reason is None:
+                self.stop_reason = "shutdown"
             if state == "lost":
                 logger.warning("run %s: another driver holds the run now; this one stops", self.run.pk)
                 self.stop_reason = "lost"
@@ -367,8 +374,9 @@ class Driver:
             turns.append({"role": "ai", "text": text})
             # A cut-off answer anywhere makes the dialogue truncated, not only the last one.
             finish_reason = "length" if "length" in (finish_reason, answer.finish_reason) else answer.finish_reason
-        if not turns and stopped and stopped != "human ended the conversation":
-            return None  # stopped before a single answer: the seed stays pending, as if untouched
+        if stopped in ("lost", "shutdown") or (not turns and stopped and stopped != "human ended the conversation"):
+            # Stopped before a single answer, or the run goes on elsewhere: the seed stays pending, as if untouched.
+            return None
         if not turns and not parse_error:
             parse_error = "no complete turn (the simulated human ended at once)"
         generation = self._base_generation()
@@ -617,6 +625,22 @@ def drive_generation_run(*, run_id):
             driver_token=None,
         )
         enqueue_near_duplicates(run)
+    elif reason == "shutdown":
+        # The worker is going away: the run goes back to the queue for another worker (or this one, restarted).
+        with transaction.atomic():
+            if mine.filter(status=JobStatus.RUNNING).update(status=JobStatus.QUEUED, driver_token=None,
+                                                            heartbeat_at=timezone.now()):
+                from collection.services import enqueue_drive
+
+                enqueue_drive(run_id)
+        mine.update(driver_token=None)
     elif reason != "lost":
         mine.update(driver_token=None)
     return reason
+
+
+def request_stop():
+    """The worker is shutting down (Celery's worker_shutting_down): every driver in this process stops sending,
+    lets its requests in flight finish, and hands its run back to the queue, so a warm shutdown takes seconds
+    rather than the rest of the run."""
+    WORKER_SHUTDOWN.set()

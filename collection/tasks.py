@@ -3,7 +3,7 @@
 Queues: `generation` (LLM calls, I/O bound), `default` (imports, exports, sweeps), `gpu` (later: training).
 """
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 
 @shared_task(name="collection.import_seeds", queue="default")
@@ -86,3 +86,10 @@ def fail_stale_exports():
     from collection.exporting import stale_jobs_fail
 
     return stale_jobs_fail()
+
+
+@worker_shutting_down.connect
+def stop_drivers_on_shutdown(sender=None, **kwargs):
+    from collection.selfchat import request_stop
+
+    request_stop()

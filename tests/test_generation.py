@@ -272,3 +272,21 @@ def test_it_keeps_unparseable_output_flagged_without_crashing_the_run(celery_wor
     cut = Dialogue.objects.get(run=run, topic__contains="plant number 2 ")
     assert cut.finish_reason == "length"
     assert DialogueFlag.objects.filter(dialogue=cut, rule="truncated").exists()
+
+
+def test_it_hands_the_run_back_to_the_queue_when_the_worker_shuts_down(start_worker, fake_openai):
+    fake_openai.latency = 0.3
+    first = start_worker()
+    run = start_run(fake_openai, seeds=60, concurrency=4)
+    wait_for(lambda: fresh(run).done >= 4, message="some progress", on_timeout=first.log)
+    started = time.monotonic()
+    first.stop()  # SIGTERM: Celery's warm shutdown
+    assert time.monotonic() - started < 10, "the warm shutdown waited for the whole run"
+    handed_back = fresh(run)
+    assert handed_back.status == "queued" and handed_back.driver_token is None and handed_back.done < 60
+    assert not GenerationItem.objects.filter(run=run, status="in_flight").exists()
+    assert_accounted(run, allow_pending=True)
+    second = start_worker()
+    run = wait_finished(run, second)
+    assert run.status == "succeeded"
+    assert assert_accounted(run).done == 60
