@@ -191,9 +191,12 @@ class Driver:
             await asyncio.to_thread(self.db.stop)
 
     async def _dispatch_loop(self):
-        """Keep up to `concurrency` seeds in flight until none are left or the run must stop. True when every
-        item reached a final state (the caller then finishes the run)."""
+        """Keep `concurrency` requests in flight until no seed is left or the run must stop. True when every item
+        reached a final state (the caller then finishes the run)."""
         concurrency = self.run.concurrency
+        # The client holds requests to `concurrency`; a few more seeds may be between their answer and their
+        # commit, so a slot never waits on the database.
+        max_tasks = concurrency + max(4, concurrency // 4)
         buffer = []
         tasks = set()
         all_done = False
@@ -201,7 +204,7 @@ class Driver:
             if WORKER_SHUTDOWN.is_set():
                 self.stop_reason = "shutdown"
                 break
-            if len(tasks) >= concurrency:
+            if len(tasks) >= max_tasks:
                 _, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             if self.budget_reached():
@@ -301,12 +304,16 @@ class Driver:
     async def _call(self, *, messages, purpose, stop=None):
         return await self.llm.chat(
             model=self.run.model, messages=messages, params=self.run.params, purpose=purpose, job_kind=JOB_KIND,
-            job_id=self.run.pk, stop=stop, gate=self.may_dispatch, recorder=self.writer.record_call,
+            job_id=self.run.pk, stop=stop, gate=self.may_dispatch, recorder=self._record_call,
         )
 
+    async def _record_call(self, row):
+        # Counted before the first await (see EndpointClient.chat): the budget gate sees this spend at once.
+        self.tokens_used += row["prompt_tokens"] + row["completion_tokens"]
+        self.cost_used += row["cost_usd"]
+        return await self.writer.record_call(row)
+
     def _note(self, result, calls, purpose):
-        self.tokens_used += result.total_tokens
-        self.cost_used += result.cost_usd
         calls.append((purpose, result))
 
     def _base_generation(self):

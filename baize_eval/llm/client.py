@@ -180,6 +180,8 @@ class EndpointClient:
             max_retries=0, http_client=self._http,
         )
         self._prices = {}
+        # Requests in flight at once through this client (the HTTP pool is the same size).
+        self._slots = asyncio.Semaphore(pool)
 
     async def __aenter__(self):
         return self
@@ -199,7 +201,8 @@ class EndpointClient:
 
         gate(): checked before every attempt; False raises DispatchRefused (nothing is sent).
         recorder(row): an async callable that stores a ledger row (a dict of llm.Call fields) and returns its id;
-          a job passes its own to write the row together with its usage counters (default: one INSERT each).
+          a job passes its own to write the row together with its usage counters (default: one INSERT each). It
+          is called as soon as the answer is in, before any other coroutine runs.
         Raises LLMError when the call fails for good."""
         params = dict(params or {})
         body = {name: value for name, value in params.items() if name not in ("model", "messages", "stream")}
@@ -208,6 +211,7 @@ class EndpointClient:
         body.update(model=model, messages=messages)
         ledger = {"model": model, "purpose": purpose, "job_kind": job_kind, "job_id": job_id}
         estimate = estimate_tokens(messages, params)
+        price = await self._price(model)
         malformed = 0
         attempts = 0
 
@@ -224,44 +228,59 @@ class EndpointClient:
                     if gate is not None and not gate():
                         raise DispatchRefused()
                     attempts += 1
-                    reserved = await self.limiter.acquire(tokens=estimate) if self.limiter.active else 0
-                    started = time.perf_counter()
-                    try:
-                        # The SDK's generic request (its documented way to make custom requests): the typed
-                        # chat.completions.create walks every message through its TypedDict transforms and builds
-                        # pydantic models for the answer, which costs more CPU than everything else a run does.
-                        completion = await self._openai.post("/chat/completions", body=body, cast_to=object)
-                        text, finish_reason, usage = _read_completion(completion)
-                    except openai.APIStatusError as exc:
-                        await self._record(ledger, started, outcome=Call.Outcome.ERROR,
-                                           error=describe_error(exc), recorder=recorder)
-                        raise
-                    except (openai.APIResponseValidationError, MalformedResponse, ValueError) as exc:
-                        # A 200 whose body is not a chat completion (or not even JSON): it got a response, so
-                        # it goes in the ledger; usage is unknown.
-                        malformed += 1
-                        bad = exc if isinstance(exc, MalformedResponse) else MalformedResponse(
-                            f"{type(exc).__name__}: {str(exc)[:200]}")
-                        bad.retry_allowed = malformed <= MAX_MALFORMED_RETRIES
-                        await self._record(ledger, started, outcome=Call.Outcome.ERROR,
-                                           error=describe_error(bad), recorder=recorder)
-                        raise bad from None
-                    prompt_tokens, completion_tokens = usage
+                    completion, failure, latency_ms, reserved = await self._send(body, gate, estimate)
+                    if failure is None:
+                        try:
+                            text, finish_reason, (prompt_tokens, completion_tokens) = _read_completion(completion)
+                        except MalformedResponse as exc:
+                            failure = exc
+                    if failure is not None:
+                        if isinstance(failure, MalformedResponse):
+                            malformed += 1
+                            failure.retry_allowed = malformed <= MAX_MALFORMED_RETRIES
+                        # It got a response, so it goes in the ledger (usage unknown or none).
+                        row = self._ledger_row(ledger, price, latency_ms, outcome=Call.Outcome.ERROR,
+                                               error=describe_error(failure))
+                        await (recorder or self._insert_call)(row)
+                        raise failure
+                    # No await between the answer and the recorder's first line: a job that counts its spend
+                    # there (a budget) sees every answered request before another one is sent.
+                    row = self._ledger_row(ledger, price, latency_ms, outcome=Call.Outcome.OK,
+                                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                    call_id = await (recorder or self._insert_call)(row)
                     if self.limiter.active:
                         await self.limiter.settle(reserved=reserved, used=prompt_tokens + completion_tokens)
-                    call_id, cost, priced, latency_ms = await self._record(
-                        ledger, started, outcome=Call.Outcome.OK, prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens, recorder=recorder,
-                    )
                     return ChatResult(
                         text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens, cost_usd=cost, latency_ms=latency_ms,
-                        attempts=attempts, model=model, call_id=call_id, priced=priced,
+                        completion_tokens=completion_tokens, cost_usd=row["cost_usd"], latency_ms=latency_ms,
+                        attempts=attempts, model=model, call_id=call_id, priced=price is not None,
                     )
         except (MalformedResponse, openai.OpenAIError) as exc:
             status = getattr(exc, "status_code", None)
             raise LLMError(scrub(f"after {attempts} attempt(s): {describe_error(exc)}", self._secret)[:ERROR_TEXT_LIMIT],
                            attempts=attempts, status=status) from None
+
+    async def _send(self, body, gate, estimate):
+        """One request under a connection slot: (body, None, latency_ms, reserved tokens) or (None, the error
+        response as an exception, ...). The slot is held for the request only, not for the ledger write after it,
+        so a slow database never leaves the endpoint idle. Timeouts and connection errors propagate."""
+        async with self._slots:
+            # Checked again: waiting for a slot may have taken a while, and the budget moves meanwhile.
+            if gate is not None and not gate():
+                raise DispatchRefused()
+            reserved = await self.limiter.acquire(tokens=estimate) if self.limiter.active else 0
+            started = time.perf_counter()
+            try:
+                # The SDK's generic request (its documented way to make custom requests): the typed
+                # chat.completions.create walks every message through its TypedDict transforms and builds pydantic
+                # models for the answer, which costs more CPU than everything else a run does.
+                completion = await self._openai.post("/chat/completions", body=body, cast_to=object)
+            except openai.APIStatusError as exc:
+                return None, exc, _ms_since(started), reserved
+            except (openai.APIResponseValidationError, ValueError) as exc:
+                # A 200 that is not even JSON (the SDK failed to decode it).
+                return None, MalformedResponse(f"{type(exc).__name__}: {str(exc)[:200]}"), _ms_since(started), reserved
+            return completion, None, _ms_since(started), reserved
 
     def _log_retry(self, retry_state):
         exc = retry_state.outcome.exception()
@@ -270,22 +289,24 @@ class EndpointClient:
             scrub(describe_error(exc), self._secret)[:300], retry_state.next_action.sleep if retry_state.next_action else 0,
         )
 
-    async def _record(self, ledger, started, *, outcome, prompt_tokens=0, completion_tokens=0, error="",
-                      recorder=None):
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        model = ledger["model"]
+    async def _price(self, model):
         if model not in self._prices:
             self._prices[model] = await self.db.run(lambda: ModelPrice.objects.filter(model=model).first())
-        price = self._prices[model]
+        return self._prices[model]
+
+    def _ledger_row(self, ledger, price, latency_ms, *, outcome, prompt_tokens=0, completion_tokens=0, error=""):
+        """An llm.Call row (as a dict), priced from the price table (no price: cost 0)."""
         cost = price.cost(prompt_tokens, completion_tokens) if price else Decimal("0")
-        row = dict(ledger, endpoint_id=self.endpoint.pk, outcome=outcome, prompt_tokens=prompt_tokens,
-                   completion_tokens=completion_tokens, cost_usd=cost.quantize(COST_QUANTUM), latency_ms=latency_ms,
-                   error=scrub(error, self._secret)[:ERROR_TEXT_LIMIT])
-        call_id = await (recorder or self._insert_call)(row)
-        return call_id, row["cost_usd"], price is not None, latency_ms
+        return dict(ledger, endpoint_id=self.endpoint.pk, outcome=outcome, prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens, cost_usd=cost.quantize(COST_QUANTUM), latency_ms=latency_ms,
+                    error=scrub(error, self._secret)[:ERROR_TEXT_LIMIT])
 
     async def _insert_call(self, row):
         return await self.db.run(lambda: Call.objects.create(**row).pk)
+
+
+def _ms_since(started):
+    return int((time.perf_counter() - started) * 1000)
 
 
 def _read_completion(data):
