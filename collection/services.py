@@ -99,6 +99,10 @@ def generation_run_start(*, seed_set, endpoint, model, template, mode=None, para
         raise RunSpecError("mode", f"{mode!r} is not one of {', '.join(GenerationRun.Mode.values)}")
     if template.mode != mode:
         raise RunSpecError("template", f"{template} is a {template.mode} template, not a {mode} one")
+    needed = ["{topic}"] + (["{transcript}"] if mode == GenerationRun.Mode.TURNS else [])
+    missing = [placeholder for placeholder in needed if placeholder not in template.prompt]
+    if missing:
+        raise RunSpecError("template", f"the prompt of {template} has no {' or '.join(missing)} placeholder")
     if not str(model or "").strip():
         raise RunSpecError("model", "is required")
     if not 1 <= int(max_turns) <= 50:

@@ -67,6 +67,16 @@ def test_it_refuses_a_bad_run_naming_the_field(seed_set, fields, field):
     assert not GenerationRun.objects.exists()
 
 
+@pytest.mark.parametrize("mode, prompt, missing", [
+    ("transcript", "Chat about something.", "{topic}"),
+    ("turns", "Ask about {topic}.", "{transcript}"),
+])
+def test_it_refuses_a_template_without_its_placeholders(seed_set, mode, prompt, missing):
+    template = make_template(mode, name="bare", prompt=prompt)
+    with pytest.raises(RunSpecError, match=f"template: the prompt of bare v1 has no {missing}"):
+        start(seed_set, template=template, mode=mode)
+
+
 def test_it_refuses_an_empty_seed_set_and_leaves_nothing_behind():
     with pytest.raises(RunSpecError, match="seed_set: 'empty' has no seeds"):
         start(make_seed_set("empty"))
