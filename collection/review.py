@@ -298,10 +298,14 @@ def review_undo(*, dialogue, actor, expected_version):
 
 def review_last_undoable(*, actor):
     """The actor's latest event that can still be undone (any dialogue), or None: what "undo" on a page undoes."""
-    return (
-        ReviewEvent.objects.filter(actor=actor).exclude(action=Action.UNDO).filter(undone_by__isnull=True)
-        .select_related("dialogue").order_by("-created_at", "-id").first()
-    )
+    mine = ReviewEvent.objects.filter(actor=actor).exclude(action=Action.UNDO).order_by("-id")
+    # Look at the latest few first: a reviewer's history can be long, and the answer is almost always among them.
+    recent = list(mine.values_list("id", flat=True)[:20])
+    undone = set(ReviewEvent.objects.filter(undoes_id__in=recent).values_list("undoes_id", flat=True))
+    latest = next((pk for pk in recent if pk not in undone), None)
+    if latest is None and len(recent) == 20:
+        latest = mine.filter(undone_by__isnull=True).values_list("id", flat=True).first()
+    return ReviewEvent.objects.select_related("dialogue").get(pk=latest) if latest else None
 
 
 # --- Leases --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and untrusted text that stays inert."""
 import re
 
 import pytest
+from django.db import connection
 
 from collection.models import Dialogue, DialogueFlag, ReviewEvent
 from collection.review import lease_acquire, review_approve, review_reject
@@ -14,6 +15,13 @@ pytestmark = pytest.mark.django_db
 XSS_IMG = '<img src=x onerror="window.__xss=1">'
 XSS_SCRIPT = "<script>window.__xss=2</script>"
 EVIL = f"{XSS_IMG} and {XSS_SCRIPT}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    from django.core.cache import cache
+
+    cache.clear()  # per-reviewer counts are cached for a few seconds
 
 
 @pytest.fixture
@@ -144,12 +152,33 @@ def test_it_counts_broad_text_searches_exactly_up_to_a_cap_then_labels_an_estima
     make_dialogue(seed_set, topic="Mint", turns=[{"role": "human", "text": "Mint tea?"}, {"role": "ai", "text": "Yes."}])
     page = html(as_reviewer.get("/review/?q=mint"))  # under the cap: exact everywhere
     assert '<strong id="selection-count">1</strong>' in page and ">undecided <b>1</b>" in page
-    page = html(as_reviewer.get("/review/?q=basil"))  # over the cap: no numbers pretending to be exact
-    assert "≈" in page and "(approximate)" in page and 'id="approximate-note"' in page
-    assert ">undecided <b>" not in page and ">refusal <b>" not in page
+    page = html(as_reviewer.get("/review/?q=basil"))  # over the cap: estimates, labeled as such
+    assert "(approximate)" in page and 'id="approximate-note"' in page
+    assert ">undecided <b>≈" in page and ">refusal <b>≈" in page and '<strong id="selection-count" title' in page
     assert page.count("<tr data-href") == 5
     page = html(as_reviewer.get(f"/review/?seed_set={seed_set.pk}"))  # index-covered filters stay exact
     assert '<strong id="selection-count">6</strong>' in page and ">undecided <b>6</b>" in page
+
+
+def test_it_falls_back_to_labeled_estimates_when_counting_exceeds_the_budget(as_reviewer, seed_set, monkeypatch):
+    from collection.views import review as review_views
+
+    for _ in range(3):
+        make_dialogue(seed_set)
+    monkeypatch.setattr(review_views, "COUNT_BUDGET_MS", 1000)
+    assert '<strong id="selection-count">3</strong>' in html(as_reviewer.get(f"/review/?seed_set={seed_set.pk}"))
+    real_exact = review_views._exact_counts
+
+    def slow_exact(*args, **kwargs):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(0.5)")  # a count the database cannot finish within the budget
+        return real_exact(*args, **kwargs)
+
+    monkeypatch.setattr(review_views, "_exact_counts", slow_exact)
+    monkeypatch.setattr(review_views, "COUNT_BUDGET_MS", 50)
+    page = html(as_reviewer.get(f"/review/?seed_set={seed_set.pk}"))
+    assert '<strong id="selection-count" title' in page and "(approximate)" in page
+    assert page.count("<tr data-href") == 3
 
 
 def test_it_searches_the_current_text_after_an_edit(as_reviewer, dialogue):

@@ -10,7 +10,8 @@ without these):
   ORM never loads it (exports and API lists stay lean).
 - The GIN index on that column (`collection_dialogue_search_gin`).
 - Covering indexes for the queue's GROUP BY status/is_flagged counts per seed set and per run, a covering index by
-  id for counts joined through flags, and a partial index for per-reviewer decision counts.
+  id for counts joined through flags, (num_turns, id) and (length_chars, id) for the queue's sorts, and partial
+  indexes for per-reviewer decision counts and undo look-ups.
 """
 from django.db import migrations
 
@@ -36,8 +37,16 @@ POSTGRES_FORWARD = [
     "INCLUDE (status, is_flagged, seed_set_id, run_id)",
     "CREATE INDEX IF NOT EXISTS collection_reviewevent_decisions ON collection_reviewevent (actor_id, created_at) "
     "WHERE action IN ('approve', 'reject')",
+    "CREATE INDEX IF NOT EXISTS collection_reviewevent_undos ON collection_reviewevent (undoes_id) "
+    "WHERE action = 'undo'",
+    # Sorting the queue by turns or length pages through these without sorting every dialogue with the same value.
+    "CREATE INDEX IF NOT EXISTS collection_dialogue_turns_id ON collection_dialogue (num_turns, id)",
+    "CREATE INDEX IF NOT EXISTS collection_dialogue_length_id ON collection_dialogue (length_chars, id)",
 ]
 POSTGRES_BACKWARD = [
+    "DROP INDEX IF EXISTS collection_dialogue_length_id",
+    "DROP INDEX IF EXISTS collection_dialogue_turns_id",
+    "DROP INDEX IF EXISTS collection_reviewevent_undos",
     "DROP INDEX IF EXISTS collection_reviewevent_decisions",
     "DROP INDEX IF EXISTS collection_dialogue_id_cover",
     "DROP INDEX IF EXISTS collection_dialogue_run_counts",

@@ -12,13 +12,15 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.core.cache import cache
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Count, Prefetch, Q
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from psycopg.errors import QueryCanceled
 
 from baize_eval.roles import REVIEWER, role_required
 from collection import review
@@ -28,8 +30,12 @@ from collection.selection import SPEC_KEYS, STATUSES, SelectionError, clean_spec
 
 PAGE_SIZE = 50
 # Filters the covering indexes count exactly at any size; others are counted exactly up to COUNT_CAP dialogues.
-EXACT_COUNT_KEYS = {"seed_set", "run", "status", "flag"}
+EXACT_COUNT_KEYS = {"seed_set", "run"}
 COUNT_CAP = 10_000
+# Per count query; over it the queue shows the planner's estimates, labeled approximate.
+COUNT_BUDGET_MS = 120
+REVIEWER_COUNTS_KEY = "review:reviewer-counts"
+REVIEWER_COUNTS_SECONDS = 30
 SORTS = {
     "id": ("id",), "-id": ("-id",),
     "turns": ("num_turns", "id"), "-turns": ("-num_turns", "-id"),
@@ -73,87 +79,108 @@ def _with_query(url, query):
 
 # --- Queue -----------------------------------------------------------------------------------------------------
 
-def _limited(spec, cap):
-    """The dialogues of a filter, at most cap + 1 of them: counting these is exact up to the cap and cheap above."""
-    return Dialogue.objects.filter(pk__in=select_dialogues(spec).order_by().values("pk")[:cap + 1])
-
-
 def _estimate(spec):
     """The planner's row estimate for a filter (EXPLAIN, no rows read): shown only as "≈ n"."""
     try:
         plan = json.loads(select_dialogues(spec).order_by().values("pk").explain(format="json"))
         return int(plan[0]["Plan"]["Plan Rows"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
+    except (ValueError, KeyError, IndexError, TypeError, DatabaseError):
+        return 0
 
 
-def queue_counts(spec, *, cap=None):
-    """Counts for the queue's chips, progress bar and pager.
-
-    Filters on seed set, run, status and flag are counted exactly, from covering indexes (two or three GROUP BY
-    queries). A text search or a turns/length filter can match most of a million rows, which no index answers
-    exactly within the page budget; those are counted exactly up to `cap` dialogues, and above it the chips show no
-    number and the total is the planner's estimate, labeled approximate.
-
-    Returns {"status": {status: n} (ignoring the status filter), "rules": {rule: n} (ignoring the flag filter),
-    "flagged", "unflagged" (under the status filter), "total": n for the whole filter, "estimate": ≈n or None}.
-    Any of them is None when it is over the cap."""
-    cap = COUNT_CAP if cap is None else cap
-    status = spec.get("status", "all")
-    flag = spec.get("flag")
-    base = {k: v for k, v in spec.items() if k not in ("status", "flag")}
-    flag_base = {k: v for k, v in spec.items() if k != "flag"}
-    # The embedded SQLite demo is small: it always counts exactly.
-    capped = settings.IS_POSTGRES and not set(spec) <= EXACT_COUNT_KEYS
-
-    def grouped(filter_spec, *fields):
-        qs = _limited(filter_spec, cap) if capped else select_dialogues(filter_spec)
-        rows = list(qs.order_by().values_list(*fields).annotate(n=Count("id")))
-        if capped and sum(row[-1] for row in rows) > cap:
+def _within_budget(count, budget_ms):
+    """Run count() with each statement limited to budget_ms (Postgres); None when the database needs longer."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(budget_ms)}ms"])
+            return count()
+    except OperationalError as error:
+        if isinstance(error.__cause__, QueryCanceled):
             return None
-        return rows
+        raise
 
-    result = {"status": None, "rules": None, "flagged": None, "unflagged": None, "total": None, "estimate": None}
+
+def _exact_counts(universe, status, flag, *, whole_table=False):
+    """Exact counts over `universe` (the filter without its status and flag parts)."""
     # One pass over (status, is_flagged) answers both the status chips (under an any/none flag filter) and the
     # flagged/unflagged chips (under the status filter).
-    grid = grouped(base, "status", "is_flagged")
-    if grid is not None:
-        result["flagged"] = sum(n for s, f, n in grid if f and status in ("all", s))
-        result["unflagged"] = sum(n for s, f, n in grid if not f and status in ("all", s))
-        if flag in (None, "any", "none"):
-            result["status"] = dict.fromkeys(STATUSES, 0)
-            for row_status, row_flagged, n in grid:
-                if flag is None or row_flagged == (flag == "any"):
-                    result["status"][row_status] += n
-    if result["status"] is None and flag not in (None, "any", "none"):
-        by_status = grouped({**base, "flag": flag}, "status")
-        if by_status is not None:
-            result["status"] = {**dict.fromkeys(STATUSES, 0), **dict(by_status)}
-    if result["status"] is not None:
-        counts = result["status"]
-        result["total"] = sum(counts.values()) if status == "all" else counts[status]
+    grid = list(universe.order_by().values_list("status", "is_flagged").annotate(n=Count("id")))
+    counts = {
+        "flagged": sum(n for s, f, n in grid if f and status in ("all", s)),
+        "unflagged": sum(n for s, f, n in grid if not f and status in ("all", s)),
+        "status": dict.fromkeys(STATUSES, 0), "approximate": False,
+    }
+    if flag in (None, "any", "none"):
+        for row_status, row_flagged, n in grid:
+            if flag is None or row_flagged == (flag == "any"):
+                counts["status"][row_status] += n
     else:
-        total = _limited(spec, cap).count()
-        if total <= cap:
-            result["total"] = total
-        else:
-            result["estimate"] = max(cap + 1, _estimate(spec) or 0)
-    if not flag_base:
-        # Nothing to join: count the flag rows themselves (index-only on (rule, dialogue)).
-        result["rules"] = dict(DialogueFlag.objects.order_by().values_list("rule").annotate(n=Count("id")))
-    elif not capped or grid is not None or _limited(flag_base, cap).count() <= cap:
-        flags = DialogueFlag.objects.filter(dialogue__in=select_dialogues(flag_base).order_by().values("pk"))
-        result["rules"] = dict(flags.order_by().values_list("rule").annotate(n=Count("id")))
-    if result["rules"] is not None:
-        result["rules"] = {**dict.fromkeys(RULES, 0), **result["rules"]}
-    return result
+        counts["status"].update(dict(
+            select_dialogues({"flag": flag}, universe).order_by().values_list("status").annotate(n=Count("id"))))
+    if whole_table and status == "all":
+        flags = DialogueFlag.objects.all()  # nothing to join: index-only on (rule, dialogue)
+    else:
+        flags = DialogueFlag.objects.filter(
+            dialogue__in=select_dialogues({"status": status}, universe).order_by().values("pk"))
+    counts["rules"] = {**dict.fromkeys(RULES, 0),
+                       **dict(flags.order_by().values_list("rule").annotate(n=Count("id")))}
+    counts["total"] = sum(counts["status"].values()) if status == "all" else counts["status"][status]
+    return counts
+
+
+def _estimated_counts(spec):
+    """The same counts from the planner's statistics, for selections too big to count within the page budget."""
+    without_status = {k: v for k, v in spec.items() if k != "status"}
+    without_flag = {k: v for k, v in spec.items() if k != "flag"}
+    return {
+        "status": {s: _estimate({**without_status, "status": s}) for s in STATUSES},
+        "flagged": _estimate({**without_flag, "flag": "any"}),
+        "unflagged": _estimate({**without_flag, "flag": "none"}),
+        "rules": {rule: _estimate({**without_flag, "flag": rule}) for rule in RULES},
+        "total": _estimate(spec),
+        "approximate": True,
+    }
+
+
+def queue_counts(spec, *, cap=None, budget_ms=None):
+    """Counts for the queue's chips, progress bar and pager, plus the queryset its rows come from.
+
+    Seed set, run, status and flag filters are counted exactly from covering indexes when the database answers
+    within budget_ms per query. A text search or a turns/length filter is first resolved to at most cap + 1 ids
+    (one index scan); up to the cap everything is counted exactly within those ids, and the page's rows come from
+    them too (so a search the planner misjudges never walks the whole table). Bigger selections, or counts over
+    budget, come from the planner's estimates and are labeled approximate ("≈").
+
+    Returns {"status": {status: n} ignoring the status filter, "rules": {rule: n} ignoring the flag filter,
+    "flagged", "unflagged" under the status filter, "total", "approximate", "rows": the filter's queryset}."""
+    cap = COUNT_CAP if cap is None else cap
+    budget_ms = COUNT_BUDGET_MS if budget_ms is None else budget_ms
+    status, flag = spec.get("status", "all"), spec.get("flag")
+    base = {k: v for k, v in spec.items() if k not in ("status", "flag")}
+    narrow = {k: v for k, v in spec.items() if k in ("status", "flag")}
+    if not settings.IS_POSTGRES:
+        # The embedded SQLite demo is small: it always counts exactly.
+        return {**_exact_counts(select_dialogues(base), status, flag), "rows": select_dialogues(spec)}
+    if set(base) <= EXACT_COUNT_KEYS:
+        counts = _within_budget(lambda: _exact_counts(select_dialogues(base), status, flag, whole_table=not base),
+                                budget_ms)
+        return {**(counts or _estimated_counts(spec)), "rows": select_dialogues(spec)}
+    ids = list(select_dialogues(base).order_by().values_list("id", flat=True)[:cap + 1])
+    if len(ids) > cap:
+        return {**_estimated_counts(spec), "rows": select_dialogues(spec)}
+    universe = Dialogue.objects.filter(id__in=ids)
+    return {**_exact_counts(universe, status, flag), "rows": select_dialogues(narrow, universe)}
 
 
 def reviewer_counts():
     """[(username, decisions today, decisions all time)]: approvals and rejections that were not undone.
 
     Counted as all decisions minus the undone ones (few), so the big count is an index-only scan of the partial
-    decisions index rather than an anti-join over every event."""
+    decisions index rather than an anti-join over every event. Cached for REVIEWER_COUNTS_SECONDS: every page
+    load of every reviewer shows them, and counting hundreds of thousands of events each time is not worth it."""
+    cached = cache.get(REVIEWER_COUNTS_KEY)
+    if cached is not None:
+        return cached
     start = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
     decisions = list(ReviewEvent.objects.filter(action__in=list(review.DECISIONS)).order_by().values_list("actor_id").annotate(
         today=Count("id", filter=Q(created_at__gte=start)), total=Count("id")))
@@ -169,7 +196,9 @@ def reviewer_counts():
         minus_today, minus_total = undone.get(actor_id, (0, 0))
         if total - minus_total:
             rows.append((names.get(actor_id, "?"), today - minus_today, total - minus_total))
-    return sorted(rows, key=lambda row: (-row[2], row[0]))
+    rows = {"rows": sorted(rows, key=lambda row: (-row[2], row[0])), "as_of": timezone.now()}
+    cache.set(REVIEWER_COUNTS_KEY, rows, REVIEWER_COUNTS_SECONDS)
+    return rows
 
 
 @require_GET
@@ -178,18 +207,19 @@ def queue(request):
     spec, sort, error = _filter_from(request.GET)
     counts = queue_counts(spec)
     status_counts, rule_counts = counts["status"], counts["rules"]
+    approximate = counts["approximate"]
     status = spec.get("status", "all")
     total = counts["total"]
     try:
         page = max(1, int(request.GET.get("page") or 1))
     except ValueError:
         page = 1
-    if total is not None:
-        pages = max(1, -(-total // PAGE_SIZE))
+    pages = max(1, -(-total // PAGE_SIZE))
+    if not approximate:
         page = min(page, pages)
     offset = (page - 1) * PAGE_SIZE
     rows = list(
-        select_dialogues(spec)
+        counts["rows"]
         .select_related("seed_set", "lease_holder")
         .only("id", "topic", "status", "num_turns", "length_chars", "is_flagged", "run_id", "version",
               "lease_holder__username", "lease_expires_at", "seed_set__name")
@@ -198,10 +228,10 @@ def queue(request):
     )
     has_next = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
-    if total is None:  # over the count cap: the pager only knows whether there is a next page
+    if approximate:  # the pager only knows whether there is a next page
         pages = None
     progress = None
-    if status_counts is not None:
+    if status_counts:
         all_count = sum(status_counts.values())
         decided = status_counts["approved"] + status_counts["rejected"]
         progress = {
@@ -213,22 +243,20 @@ def queue(request):
     query = _query(spec, sort)
     context = {
         "spec": spec, "sort": sort, "error": error, "rows": rows, "now": timezone.now(),
-        "status_counts": status_counts, "total": total, "estimate": counts["estimate"],
-        "count_cap": COUNT_CAP,
+        "status_counts": status_counts, "total": total, "approximate": approximate, "count_cap": COUNT_CAP,
         "progress": progress,
         "page": page, "pages": pages, "offset": offset, "shown_to": offset + len(rows),
         "prev_page": _with_query("/review/", _query(spec, sort, page=page - 1)) if page > 1 else None,
         "next_page": _with_query("/review/", _query(spec, sort, page=page + 1)) if has_next else None,
         "query": query,
-        "status_links": [(s, None if status_counts is None else
-                          (sum(status_counts.values()) if s == "all" else status_counts[s]),
+        "status_links": [(s, sum(status_counts.values()) if s == "all" else status_counts[s],
                           _with_query("/review/", _query({**spec, "status": s}, sort)), status == s)
                          for s in ["all"] + STATUSES],
         "flag_links": [(label, count, _with_query("/review/", _query({**spec, "flag": value}, sort)),
                         spec.get("flag") == value)
                        for label, value, count in
                        [("any flag", "any", counts["flagged"]), ("no flag", "none", counts["unflagged"])]
-                       + [(rule, rule, None if rule_counts is None else rule_counts.get(rule, 0)) for rule in RULES]],
+                       + [(rule, rule, rule_counts.get(rule, 0)) for rule in RULES]],
         "flag_clear": _with_query("/review/", _query({k: v for k, v in spec.items() if k != "flag"}, sort)),
         "seed_sets": SeedSet.objects.only("id", "name").order_by("name"),
         "runs": GenerationRun.objects.only("id", "name").order_by("-id")[:200],
