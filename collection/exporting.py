@@ -19,6 +19,7 @@ Memory stays flat: the plan pass streams ids through a server-side cursor and ke
 """
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -52,11 +53,12 @@ log = logging.getLogger(__name__)
 CHUNK = 2000
 STREAM_CHUNK = 5000
 # The shuffle spool: at most MAX_BUCKETS files, each a slice of at least BUCKET_ROWS output positions, so
-# replaying one bucket holds a few tens of MB.
-BUCKET_ROWS = 20_000
+# replaying one bucket holds about 15 MB (10,000 rows of ~1.5 KB).
+BUCKET_ROWS = 10_000
 MAX_BUCKETS = 256
 PROGRESS_SECONDS = 1.0
-HF_BATCH_ROWS = 10_000
+HF_BATCH_ROWS = 2_000
+HF_SHARD = "data-00000-of-00001.arrow"  # one shard per split; load_from_disk takes any size
 DEFAULT_OPTIONS = {
     "include_flagged": False,
     "dedupe": True,
@@ -472,7 +474,7 @@ class _Spool:
     """Puts rows read in id order back into shuffled order without holding them in memory: each rendered row is
     appended to the bucket file for its output position; then each bucket (a bounded slice of the output) is read
     and its rows are written in order. Two sequential passes over local disk instead of one random database read
-    per row. Where each row sits in its bucket (position, offset, length) is kept in memory: 17 bytes a row."""
+    per row. Per row, memory keeps its place in the bucket and its length (8 bytes) and its split (1 byte)."""
 
     def __init__(self, folder, total):
         folder.mkdir()
@@ -480,33 +482,35 @@ class _Spool:
         self.size = max(BUCKET_ROWS, -(-total // MAX_BUCKETS))
         count = max(1, -(-total // self.size))
         self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 16) for n in range(count)]
-        self.written = [0] * count
-        self.index = [array("q") for _ in range(count)]  # rank, offset, length, repeated
+        self.places = [array("I") for _ in range(count)]  # position within the bucket, in arrival order
+        self.lengths = [array("I") for _ in range(count)]
         self.flags = [bytearray() for _ in range(count)]
 
     def add(self, rank, flag, data):
-        bucket = rank // self.size
+        bucket, place = divmod(rank, self.size)
         self.files[bucket].write(data)
-        self.index[bucket].extend((rank, self.written[bucket], len(data)))
+        self.places[bucket].append(place)
+        self.lengths[bucket].append(len(data))
         self.flags[bucket].append(flag)
-        self.written[bucket] += len(data)
 
     def replay(self):
         """(split flag, data) in output order (a planned row that never came is simply absent)."""
         for number, handle in enumerate(self.files):
             handle.close()
             path = Path(handle.name)
+            places, lengths, flags = self.places[number], self.lengths[number], self.flags[number]
+            self.places[number] = self.lengths[number] = self.flags[number] = None
+            if not flags:
+                path.unlink()
+                continue
             blob = memoryview(path.read_bytes())
             path.unlink()
-            index, flags = self.index[number], self.flags[number]
-            self.index[number] = self.flags[number] = None
-            if not flags:
-                continue
-            entries = np.frombuffer(index, dtype=np.int64).reshape(-1, 3)
-            order = np.argsort(entries[:, 0], kind="stable")
-            for row, (_, offset, length) in zip(order.tolist(), entries[order].tolist()):
-                yield flags[row], blob[offset:offset + length]
-            del blob, entries, index
+            sizes = np.frombuffer(lengths, dtype=np.uint32).astype(np.int64)
+            starts = np.cumsum(sizes) - sizes
+            order = np.argsort(np.frombuffer(places, dtype=np.uint32), kind="stable")
+            for row, start, size in zip(order.tolist(), starts[order].tolist(), sizes[order].tolist()):
+                yield flags[row], blob[start:start + size]
+            del blob, sizes, starts, order
 
     def close(self):
         for handle in self.files:
@@ -575,8 +579,8 @@ class _HashingFile:
 
 
 class _HfSink:
-    """Hugging Face dataset: Arrow batches to a Parquet file and an Arrow stream per split; on close, the streams
-    become a DatasetDict written with save_to_disk (memory-mapped, so nothing is loaded whole)."""
+    """Hugging Face dataset: Arrow batches go to a Parquet file per split and to the Arrow stream file of the
+    save_to_disk layout, written in place (see _write_dataset_metadata): nothing is read back or mapped."""
 
     def __init__(self, workdir, splits):
         import pyarrow as pa
@@ -586,8 +590,9 @@ class _HfSink:
         self.schema = formats.hf_schema()
         self.root = workdir / "files"
         (self.root / "parquet").mkdir(parents=True)
-        (workdir / "arrow").mkdir()
-        self.arrow_paths = {split: workdir / "arrow" / f"{split}.arrow" for split in splits}
+        self.arrow_paths = {split: self.root / "dataset" / split / HF_SHARD for split in splits}
+        for path in self.arrow_paths.values():
+            path.parent.mkdir(parents=True)
         self.sinks = {split: pa.OSFile(str(path), "wb") for split, path in self.arrow_paths.items()}
         self.streams = {split: pa.ipc.new_stream(self.sinks[split], self.schema) for split in splits}
         self.parquet = {split: pq.ParquetWriter(str(self.root / "parquet" / f"{split}.parquet"), self.schema,
@@ -632,30 +637,29 @@ class _HfSink:
             self.streams[split].close()
             self.sinks[split].close()
             self.parquet[split].close()
-        self._save_to_disk()
+        self._write_dataset_metadata()
         return {"dataset": self.root / "dataset", **{f"parquet/{s}": self.root / "parquet" / f"{s}.parquet"
                                                        for s in self.streams}}
 
-    def _save_to_disk(self):
-        import datasets
-        from datasets.table import MemoryMappedTable
-        from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-        features = datasets.Features.from_arrow_schema(self.schema)
-        parts = {}
+    def _write_dataset_metadata(self):
+        """The rest of what DatasetDict.save_to_disk writes around the Arrow files: dataset_dict.json, and per
+        split dataset_info.json and state.json. Writing them here instead of calling save_to_disk saves a full
+        copy of the data, and keeps memory flat: save_to_disk reads the whole table back through a memory map,
+        and importing datasets alone costs 80 MB. tests/test_export.py checks the folder with load_from_disk and
+        against what save_to_disk writes; tests/test_formats.py checks dataset_info.json."""
+        info = json.dumps(formats.hf_dataset_info())
         for split, path in self.arrow_paths.items():
-            # A fingerprint from the content, not from the temporary path, keeps state.json byte-identical.
-            fingerprint = _file_sha256(path)[:16]
-            parts[split] = datasets.Dataset(MemoryMappedTable.from_file(str(path)),
-                                            info=datasets.DatasetInfo(features=features),
-                                            split=datasets.NamedSplit(split), fingerprint=fingerprint)
-        quiet = are_progress_bars_disabled()
-        disable_progress_bars()
-        try:
-            datasets.DatasetDict(parts).save_to_disk(str(self.root / "dataset"))
-        finally:
-            if not quiet:
-                enable_progress_bars()
+            (path.parent / "dataset_info.json").write_text(info, encoding="utf-8")
+            state = {
+                "_data_files": [{"filename": HF_SHARD}],
+                # From the content, not from a temporary path: the same rows give the same bytes.
+                "_fingerprint": _file_sha256(path)[:16],
+                "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                "_output_all_columns": False, "_split": split,
+            }
+            (path.parent / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        (self.root / "dataset" / "dataset_dict.json").write_text(json.dumps({"splits": list(self.arrow_paths)}),
+                                                                encoding="utf-8")
 
 
 # --- package, deliver, store ---------------------------------------------------------------------------------

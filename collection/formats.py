@@ -121,6 +121,20 @@ def hf_schema():
     ])
 
 
+def hf_dataset_info():
+    """dataset_info.json of the Hugging Face export: what datasets (the pinned version) writes for hf_schema().
+    Written by the export without importing datasets (80 MB of memory); tests/test_formats.py compares it with
+    datasets' own output, so an upgrade that changes the layout fails a test instead of writing a bad folder."""
+    def value(dtype):
+        return {"dtype": dtype, "_type": "Value"}
+
+    return {"description": "", "citation": "", "homepage": "", "license": "", "features": {
+        "id": value("int64"), "topic": value("string"),
+        "messages": {"feature": {"role": value("string"), "content": value("string")}, "_type": "List"},
+        "seed_set": value("string"), "source": value("string"), "split": value("string"),
+    }}
+
+
 class CorpusWriter:
     """Streams records of one text format into a binary file: JSONL one per line; Baize JSON as a list written
     "[\\n" + records joined by ",\\n" + "\\n]\\n", so a million dialogues never sit in memory. Bytes depend only on

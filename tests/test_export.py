@@ -256,6 +256,28 @@ def test_it_writes_a_hugging_face_dataset_and_parquet(artifacts, db, tmp_path):
     assert again.sha256 == export.sha256
 
 
+def test_it_writes_the_state_that_save_to_disk_writes(artifacts, db, tmp_path):
+    # The dataset folder is written in place, not through save_to_disk: check it against save_to_disk itself.
+    import datasets
+
+    make_seeded_corpus(n_seeds=3, per_seed=2)
+    export = run_export(fmt="hf", dedupe=False)
+    with zipfile.ZipFile(io.BytesIO(artifact_bytes(export))) as zf:
+        zf.extractall(tmp_path / "ours")
+    ours = datasets.load_from_disk(str(tmp_path / "ours" / "dataset"))
+    ours.save_to_disk(str(tmp_path / "theirs"))
+    assert json.loads((tmp_path / "ours" / "dataset" / "dataset_dict.json").read_text()) == json.loads(
+        (tmp_path / "theirs" / "dataset_dict.json").read_text())
+    state, their_state = (json.loads((folder / "train" / "state.json").read_text())
+                          for folder in (tmp_path / "ours" / "dataset", tmp_path / "theirs"))
+    assert set(state) == set(their_state)  # same keys; the fingerprint is ours (from the content)
+    assert {k: v for k, v in state.items() if k != "_fingerprint"} == {
+        k: v for k, v in their_state.items() if k != "_fingerprint"}
+    theirs = datasets.load_from_disk(str(tmp_path / "theirs"))
+    assert theirs["train"].features == ours["train"].features
+    assert theirs["train"].to_list() == ours["train"].to_list()
+
+
 def test_it_records_a_failure_on_the_row(artifacts, corpus):
     export = export_start(fmt="openai", spec={}, enqueue=False)
     Export.objects.filter(pk=export.pk).update(spec={**export.spec, "seed_set": "not-a-number"})

@@ -191,3 +191,11 @@ def test_it_describes_the_hugging_face_columns():
     schema = formats.hf_schema()
     assert schema.names == ["id", "topic", "messages", "seed_set", "source", "split"]
     assert formats.hf_messages(TURNS[:2])[1] == {"role": "assistant", "content": TURNS[1]["text"]}
+
+
+def test_it_describes_the_hugging_face_features_as_datasets_does(tmp_path):
+    import datasets
+
+    info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(formats.hf_schema()))
+    info.write_to_directory(str(tmp_path))
+    assert json.loads((tmp_path / "dataset_info.json").read_text()) == formats.hf_dataset_info()
