@@ -14,7 +14,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, F, Lookup, Prefetch, Q
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
@@ -34,6 +34,8 @@ EXACT_COUNT_KEYS = {"seed_set", "run"}
 COUNT_CAP = 10_000
 # Per count query; over it the queue shows the planner's estimates, labeled approximate.
 COUNT_BUDGET_MS = 120
+# Seed set / run selections the planner expects to hold more dialogues than this are estimated, not counted.
+ESTIMATE_ABOVE = 250_000
 REVIEWER_COUNTS_KEY = "review:reviewer-counts"
 REVIEWER_COUNTS_SECONDS = 30
 SORTS = {
@@ -104,7 +106,7 @@ def _exact_counts(universe, status, flag, *, whole_table=False):
     """Exact counts over `universe` (the filter without its status and flag parts)."""
     # One pass over (status, is_flagged) answers both the status chips (under an any/none flag filter) and the
     # flagged/unflagged chips (under the status filter).
-    grid = list(universe.order_by().values_list("status", "is_flagged").annotate(n=Count("id")))
+    grid = list(universe.order_by().values_list("status", "is_flagged").annotate(n=Count("*")))
     counts = {
         "flagged": sum(n for s, f, n in grid if f and status in ("all", s)),
         "unflagged": sum(n for s, f, n in grid if not f and status in ("all", s)),
@@ -116,14 +118,14 @@ def _exact_counts(universe, status, flag, *, whole_table=False):
                 counts["status"][row_status] += n
     else:
         counts["status"].update(dict(
-            select_dialogues({"flag": flag}, universe).order_by().values_list("status").annotate(n=Count("id"))))
+            select_dialogues({"flag": flag}, universe).order_by().values_list("status").annotate(n=Count("*"))))
     if whole_table and status == "all":
         flags = DialogueFlag.objects.all()  # nothing to join: index-only on (rule, dialogue)
     else:
         flags = DialogueFlag.objects.filter(
             dialogue__in=select_dialogues({"status": status}, universe).order_by().values("pk"))
     counts["rules"] = {**dict.fromkeys(RULES, 0),
-                       **dict(flags.order_by().values_list("rule").annotate(n=Count("id")))}
+                       **dict(flags.order_by().values_list("rule").annotate(n=Count("*")))}
     counts["total"] = sum(counts["status"].values()) if status == "all" else counts["status"][status]
     return counts
 
@@ -146,7 +148,7 @@ def queue_counts(spec, *, cap=None, budget_ms=None):
     """Counts for the queue's chips, progress bar and pager, plus the queryset its rows come from.
 
     Seed set, run, status and flag filters are counted exactly from covering indexes when the database answers
-    within budget_ms per query. A text search or a turns/length filter is first resolved to at most cap + 1 ids
+    within budget_ms per query (selections expected above ESTIMATE_ABOVE are estimated without trying). A text search or a turns/length filter is first resolved to at most cap + 1 ids
     (one index scan); up to the cap everything is counted exactly within those ids, and the page's rows come from
     them too (so a search the planner misjudges never walks the whole table). Bigger selections, or counts over
     budget, come from the planner's estimates and are labeled approximate ("≈").
@@ -157,19 +159,71 @@ def queue_counts(spec, *, cap=None, budget_ms=None):
     budget_ms = COUNT_BUDGET_MS if budget_ms is None else budget_ms
     status, flag = spec.get("status", "all"), spec.get("flag")
     base = {k: v for k, v in spec.items() if k not in ("status", "flag")}
-    narrow = {k: v for k, v in spec.items() if k in ("status", "flag")}
     if not settings.IS_POSTGRES:
         # The embedded SQLite demo is small: it always counts exactly.
         return {**_exact_counts(select_dialogues(base), status, flag), "rows": select_dialogues(spec)}
+    # Planner statistics first (no rows read): a selection this big is estimated straight away instead of spending
+    # the budget on a count that cannot finish in it.
+    expected = _estimate(base)
     if set(base) <= EXACT_COUNT_KEYS:
+        if expected > ESTIMATE_ABOVE:
+            return {**_estimated_counts(spec), "rows": select_dialogues(spec)}
         counts = _within_budget(lambda: _exact_counts(select_dialogues(base), status, flag, whole_table=not base),
                                 budget_ms)
         return {**(counts or _estimated_counts(spec)), "rows": select_dialogues(spec)}
-    ids = list(select_dialogues(base).order_by().values_list("id", flat=True)[:cap + 1])
-    if len(ids) > cap:
+    if expected > 5 * cap:
         return {**_estimated_counts(spec), "rows": select_dialogues(spec)}
-    universe = Dialogue.objects.filter(id__in=ids)
-    return {**_exact_counts(universe, status, flag), "rows": select_dialogues(narrow, universe)}
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Enough memory for an exact (not lossy) bitmap, so matches are not re-checked page by page.
+        cursor.execute("SELECT set_config('work_mem', '64MB', true)")
+        found = list(select_dialogues(base).order_by().values_list("id", "status", "is_flagged")[:cap + 1])
+    if len(found) > cap:
+        return {**_estimated_counts(spec), "rows": select_dialogues(spec)}
+    return _counts_of_found(found, status, flag)
+
+
+class _AnyOf(Lookup):
+    """`column = ANY(%s)` with the ids as one array parameter: compiling thousands of IN placeholders costs more
+    than the query itself (Postgres only, like the capped path that uses it)."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        return f"{lhs} = ANY(%s)", [*lhs_params, list(self.rhs)]
+
+
+def _counts_of_found(found, status, flag):
+    """Exact counts, in Python, over the (id, status, is_flagged) rows of a capped filter, plus their flags."""
+    rules_of = {}
+    flags = DialogueFlag.objects.filter(_AnyOf(F("dialogue_id"), [row[0] for row in found]))
+    for dialogue_id, rule in flags.values_list("dialogue_id", "rule"):
+        rules_of.setdefault(dialogue_id, set()).add(rule)
+
+    def flag_matches(dialogue_id, flagged):
+        if flag is None:
+            return True
+        if flag in ("any", "none"):
+            return flagged == (flag == "any")
+        return flag in rules_of.get(dialogue_id, ())
+
+    counts = {"status": dict.fromkeys(STATUSES, 0), "rules": dict.fromkeys(RULES, 0), "flagged": 0,
+              "unflagged": 0, "approximate": False}
+    matching = []
+    for dialogue_id, row_status, flagged in found:
+        in_status = status in ("all", row_status)
+        if flag_matches(dialogue_id, flagged):
+            counts["status"][row_status] += 1
+            if in_status:
+                matching.append(dialogue_id)
+        if in_status:
+            counts["flagged" if flagged else "unflagged"] += 1
+            for rule in rules_of.get(dialogue_id, ()):
+                counts["rules"][rule] = counts["rules"].get(rule, 0) + 1
+    counts["total"] = len(matching)
+    counts["rows"] = Dialogue.objects.filter(_AnyOf(F("id"), matching))
+    return counts
 
 
 def reviewer_counts():
@@ -182,8 +236,10 @@ def reviewer_counts():
     if cached is not None:
         return cached
     start = timezone.make_aware(datetime.combine(timezone.localdate(), time.min))
-    decisions = list(ReviewEvent.objects.filter(action__in=list(review.DECISIONS)).order_by().values_list("actor_id").annotate(
-        today=Count("id", filter=Q(created_at__gte=start)), total=Count("id")))
+    decisions = list(
+        ReviewEvent.objects.filter(action__in=list(review.DECISIONS)).order_by().values_list("actor_id")
+        .annotate(today=Count("created_at", filter=Q(created_at__gte=start)), total=Count("*"))
+    )
     undone = {
         actor_id: (today, total) for actor_id, today, total in
         ReviewEvent.objects.filter(action=ReviewEvent.Action.UNDO, undoes__action__in=list(review.DECISIONS))
