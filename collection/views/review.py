@@ -47,6 +47,7 @@ SORT_LABELS = {"id": "oldest first", "-id": "newest first", "turns": "fewest tur
                "length": "shortest", "-length": "longest"}
 # Bulk decisions on more dialogues than this run as a Celery task instead of inside the request.
 BULK_INLINE_LIMIT = 5000
+BULK_COUNT_BUDGET_MS = 200
 
 reviewer_required = role_required(REVIEWER)
 User = get_user_model()
@@ -578,9 +579,16 @@ def bulk(request):
         return redirect(_with_query("/review/", query))
     now = timezone.now()
     selected = select_dialogues(spec)
-    count = selected.count()
-    leased = selected.exclude(review.lease_free_for(request.user, now)).count()
+    # Exact when the database counts it within the budget; a huge selection shows the planner's estimate, labeled.
+    count = _within_budget(selected.count, BULK_COUNT_BUDGET_MS) if settings.IS_POSTGRES else selected.count()
+    approximate = count is None
+    if approximate:
+        count = _estimate(spec)
+    # Live leases are few: start from them rather than from the selection.
+    leased = select_dialogues(spec, Dialogue.objects.filter(lease_holder__isnull=False, lease_expires_at__gt=now)
+                              .exclude(lease_holder=request.user)).count()
     context = {"spec": spec, "sort": sort, "query": query, "action": action, "count": count, "leased": leased,
+               "approximate": approximate,
                "reasons": RejectReason.objects.filter(active=True), "chosen": params.getlist("reasons"),
                "queue_url": _with_query("/review/", query), "problem": None}
     if request.method != "POST":
@@ -592,12 +600,13 @@ def bulk(request):
     except review.ReviewError as problem:
         context["problem"] = str(problem)
         return render(request, "collection/review_bulk.html", context, status=400)
-    if count > BULK_INLINE_LIMIT and not settings.CELERY_TASK_ALWAYS_EAGER:
+    if (approximate or count > BULK_INLINE_LIMIT) and not settings.CELERY_TASK_ALWAYS_EAGER:
         from collection.tasks import review_bulk as review_bulk_task
 
         user_id = request.user.pk
         transaction.on_commit(lambda: review_bulk_task.delay(user_id, action, spec, reasons))
-        messages.success(request, f"Bulk {action} of up to {count} dialogues is running in the background; "
+        messages.success(request, f"Bulk {action} of {'about ' if approximate else 'up to '}{count} dialogues is "
+                                  "running in the background; "
                                   "the counts below move as it goes.")
     else:
         written = review.review_bulk(spec=spec, actor=request.user, action=action, reasons=reasons)
