@@ -244,7 +244,7 @@ def test_it_acquires_renews_and_releases_leases(dialogue, reviewer, reviewer2):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_hands_concurrent_reviewers_different_dialogues(seed_set, django_user_model):
+def test_it_hands_concurrent_reviewers_different_dialogues(seed_set):
     from tests.conftest import make_user
 
     people = [make_user(f"rev{n}", "reviewer") for n in range(4)]

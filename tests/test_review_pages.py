@@ -7,7 +7,6 @@ from django.db import connection
 
 from collection.models import Dialogue, DialogueFlag, ReviewEvent
 from collection.review import lease_acquire, review_approve, review_reject
-from tests.conftest import client_for
 from tests.factories import make_dialogue, make_seed_set, make_seeds
 
 pytestmark = pytest.mark.django_db
