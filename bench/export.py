@@ -37,7 +37,7 @@ from django.core.files.storage import default_storage  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from collection.models import Dialogue, Export, SeedSet  # noqa: E402
+from collection.models import Dialogue, SeedSet  # noqa: E402
 
 BATCH = 100_000
 VARIANTS = {

@@ -14,8 +14,15 @@ val_fraction > 0; for the Hugging Face format a .zip holding dataset/ (datasets.
 "train" and, when split, "validation") and parquet/<split>.parquet, columns id, topic, messages, seed_set, source,
 split.
 
-Memory stays flat: the plan pass streams ids through a server-side cursor and keeps them in numpy arrays
-(a few bytes per dialogue); rows are then fetched and written in chunks of CHUNK ids, in the planned order.
+How it runs, with flat memory (1,000,000 dialogues under 300 MB, bench/export.py):
+  1. count: one aggregate query (matched, flagged, without turns); with dedupe, one streamed pass over the texts
+     finds the near-duplicates to leave out (a set of ids).
+  2. read: the rows are read once, in id order, in keyset pages (like COPY, no random access), the next page by a
+     helper thread while this one is rendered (collection.formats); each row's split comes from a hash of its
+     seed text (or topic), its shuffled place from a hash of (shuffle_seed, id).
+  3. write: in id order straight to the file(s); shuffled, through a spool of bucket files on local disk (ranges
+     of the shuffle hash), replayed bucket by bucket in order. The sha256 is computed as the file is written.
+Counts are taken when the export starts; a dialogue reviewed while it runs is exported as the read finds it.
 """
 import contextlib
 import hashlib
@@ -40,20 +47,19 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import DatabaseError, connection, connections, transaction
-from django.db.models import TextField
+from django.db.models import Count, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
 from collection import formats
-from collection.models import Dialogue, Export, JobStatus
+from collection.models import Export, JobStatus
 from collection.selection import SelectionError, clean_spec, select_dialogues
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2000
-STREAM_CHUNK = 5000
-# The shuffle spool: at most MAX_BUCKETS files, each a slice of at least BUCKET_ROWS output positions, so
-# replaying one bucket holds about 15 MB (10,000 rows of ~1.5 KB).
+STREAM_CHUNK = 5000  # rows per keyset page
+# The shuffle spool: about one bucket file per BUCKET_ROWS rows (a power of two, at most MAX_BUCKETS), so
+# replaying one bucket holds about 15 MB (10,000 rows of ~1.5 KB) at a million dialogues.
 BUCKET_ROWS = 10_000
 MAX_BUCKETS = 256
 PROGRESS_SECONDS = 1.0
@@ -72,6 +78,7 @@ SPLITS = ("train", "validation")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 # A fixed file date (local noon, 2000-01-01), so a zip's bytes depend only on its content.
+_MASK64 = (1 << 64) - 1
 _ZIP_EPOCH = time.mktime((2000, 1, 1, 12, 0, 0, 0, 0, -1))
 
 
@@ -160,8 +167,8 @@ def export_execute(export_id, *, out=None):
     """Claim the queued export and write it. With `out` (a local path, used by the CLI) the file(s) are also
     copied there: OUT itself, or OUT's stem + ".train"/".validation" + suffix when split, or a folder OUT for the
     Hugging Face format. Failures are recorded on the row (status failed, error text), never raised."""
-    export = Export.objects.get(pk=export_id)
-    if not export.claim():
+    export = Export.objects.filter(pk=export_id).first()
+    if export is None or not export.claim():
         return export
     Export.objects.filter(pk=export.pk).update(code_version=code_version())
     workdir = Path(tempfile.mkdtemp(prefix=f"export-{export.pk}-", dir=_temp_root()))
@@ -245,7 +252,7 @@ def code_version():
     return settings.SPECTACULAR_SETTINGS.get("VERSION", "unknown")
 
 
-# --- plan: which ids, in which order, on which side ----------------------------------------------------------
+# --- read: which rows, in which order, on which side -----------------------------------------------------------
 
 def _candidates(spec):
     qs = select_dialogues(_selection_of(spec))
@@ -254,102 +261,54 @@ def _candidates(spec):
     return qs.filter(num_turns__gt=0)
 
 
-class _Plan:
-    """Which dialogues go out: `ids` ascending, `validation` (bool per id), and `rank` (each id's position in the
-    shuffled output; None when the output is in id order)."""
-
-    def __init__(self, ids, validation, rank):
-        self.ids, self.validation, self.rank = ids, validation, rank
-
-    def __len__(self):
-        return len(self.ids)
-
-    def locate(self, row_ids):
-        """Indexes into the plan of the given ascending ids, and which of them are in the plan at all."""
-        if not len(self.ids):
-            return np.zeros(len(row_ids), dtype=np.int64), np.zeros(len(row_ids), dtype=bool)
-        index = np.minimum(np.searchsorted(self.ids, row_ids), len(self.ids) - 1)
-        return index, self.ids[index] == row_ids
+def _selection_counts(spec):
+    """How many dialogues the filters match, and how many of them are left out as flagged or without turns: one
+    aggregate query, before the rows are read."""
+    excludes = _excludes_flagged(spec)
+    empty = Q(num_turns=0, is_flagged=False) if excludes else Q(num_turns=0)
+    counts = select_dialogues(_selection_of(spec)).order_by().aggregate(
+        selected=Count("id"), flagged=Count("id", filter=Q(is_flagged=True)), skipped_empty=Count("id", filter=empty))
+    return {"selected": counts["selected"], "excluded_flagged": counts["flagged"] if excludes else 0,
+            "skipped_empty": counts["skipped_empty"]}
 
 
-def _plan(export, spec, counts):
-    """Stream the selection once (ids and split keys only, through a server-side cursor) into a _Plan."""
-    val_fraction = spec["val_fraction"]
-    fields = ["id", "is_flagged", "num_turns"] + (["seed__text", "topic"] if val_fraction > 0 else [])
-    excludes_flagged = _excludes_flagged(spec)
-    ids, validation = array("q"), bytearray()
-    threshold = int(val_fraction * 2**64)
-    selected = flagged = empty = 0
-    rows = select_dialogues(_selection_of(spec)).order_by("id").values_list(*fields)
-    # In a transaction Postgres streams through a plain named cursor (outside one, Django asks for WITH HOLD,
-    # which materialises the whole result on the server first).
-    with transaction.atomic():
-        for row in rows.iterator(chunk_size=CHUNK):
-            selected += 1
-            if excludes_flagged and row[1]:
-                flagged += 1
-                continue
-            if not row[2]:
-                empty += 1
-                continue
-            ids.append(row[0])
-            if val_fraction > 0:
-                key = row[3] if row[3] is not None else row[4]
-                digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-                validation.append(int.from_bytes(digest, "big") < threshold)
-            else:
-                validation.append(0)
-    counts.update(selected=selected, excluded_flagged=flagged, skipped_empty=empty)
-    ids = np.frombuffer(ids, dtype=np.int64) if ids else np.zeros(0, dtype=np.int64)
-    validation = np.frombuffer(bytes(validation), dtype=np.uint8).astype(bool)
-
-    collapsed = 0
-    if spec["dedupe"] and len(ids):
-        export.beat()
-        duplicates = _near_duplicates(export, spec, ids)
-        if duplicates:
-            keep = ~np.isin(ids, np.fromiter(duplicates, dtype=np.int64, count=len(duplicates)))
-            collapsed = int((~keep).sum())
-            ids, validation = ids[keep], validation[keep]
-    counts["collapsed_near_duplicates"] = collapsed
-
-    rank = None
-    if spec["shuffle"] and len(ids):
-        order = np.argsort(_mix64(ids, spec["shuffle_seed"]), kind="stable")
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[order] = np.arange(len(ids), dtype=np.int64)
-    return _Plan(ids, validation, rank)
-
-
-def _stream(queryset, ids, *, export=None):
-    """(row, index into ids) for every row of `queryset` (a values_list starting with id) whose id is in the
-    ascending array `ids`, in id order."""
-    if not len(ids):
-        return
-    plan = _Plan(ids, None, None)
-    pages = _pages(queryset, int(ids[0]), int(ids[-1]))
+def _rows(queryset):
+    """Every row of `queryset` (a values_list starting with id), in id order, in pages."""
+    pages = _pages(queryset)
     # Outside a transaction the next page is read by a helper thread (its own connection) while this one is
     # rendered: the database and Python work side by side. Inside one (a test, a caller's atomic block) another
     # connection could not see the rows, so the pages are read here.
     for rows in (pages if connection.in_atomic_block else _read_ahead(pages)):
-        if export is not None:
-            export.beat()
-        index, hit = plan.locate(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
-        for row, i, ok in zip(rows, index.tolist(), hit.tolist()):
-            if ok:
-                yield row, i
+        yield from rows
 
 
-def _pages(queryset, low, high):
+def _pages(queryset):
     """Keyset pages (id > last ORDER BY id LIMIT n): short queries in autocommit, so there is no long
-    transaction, nothing is materialised on the server, and progress written meanwhile is visible at once."""
-    last = low - 1
+    transaction, nothing is materialised on the server, and progress written meanwhile is visible at once.
+    On Postgres the page query is the queryset's SQL compiled once and run on a plain cursor: the ORM's per-row
+    work would otherwise compete with the rendering for the interpreter."""
+    if connection.vendor == "postgresql":
+        sql, params = queryset.order_by().query.sql_with_params()
+        page_sql = f"SELECT * FROM ({sql}) AS picked WHERE picked.id > %s ORDER BY picked.id LIMIT {STREAM_CHUNK}"
+        fetch = _raw_page(page_sql, params)
+    else:
+        def fetch(last):
+            return list(queryset.filter(id__gt=last).order_by("id")[:STREAM_CHUNK])
+    last = 0
     while True:
-        rows = list(queryset.filter(id__gt=last, id__lte=high).order_by("id")[:STREAM_CHUNK])
+        rows = fetch(last)
         if not rows:
             return
         yield rows
         last = rows[-1][0]
+
+
+def _raw_page(sql, params):
+    def fetch(last):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, last])
+            return cursor.fetchall()
+    return fetch
 
 
 _DONE = object()
@@ -395,60 +354,81 @@ def _read_ahead(pages, depth=2):
         worker.join()
 
 
-def _near_duplicates(export, spec, ids):
+def _near_duplicates(export, spec):
+    """Ids to leave out: near-copies of a dialogue with a lower id (collection.filters.near_duplicate_groups)."""
     from collection.filters import near_duplicate_groups
 
     queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(
         "id", "turns_text")
 
     def texts():
-        for (pk, turns), _ in _stream(queryset, ids, export=export):
+        for number, (pk, turns) in enumerate(_rows(queryset)):
+            if number % STREAM_CHUNK == 0:
+                export.beat()
             yield pk, "\n".join(t["text"] for t in orjson.loads(turns))
 
-    return near_duplicate_groups(texts(), threshold=spec["dedupe_threshold"], num_perm=spec["dedupe_num_perm"])
+    groups = near_duplicate_groups(texts(), threshold=spec["dedupe_threshold"], num_perm=spec["dedupe_num_perm"])
+    return set(groups)
 
 
-def _mix64(ids, seed):
-    """A fixed 64-bit hash of (seed, id) (SplitMix64's finaliser): a shuffle that is the same on every machine
-    and numpy version, and that keeps the relative order of old rows when new ones are added."""
-    with np.errstate(over="ignore"):
-        x = ids.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
+def _shuffle_key(pk, seed_mix):
+    """A fixed 64-bit hash of (shuffle seed, id), SplitMix64's finaliser: the order is the same on every machine,
+    and adding rows keeps the relative order of the old ones."""
+    x = (pk + seed_mix) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _split_is_validation(key, threshold):
+    """Validation when the hash of the seed text (or the topic) falls under val_fraction: every dialogue of one
+    seed lands on the same side."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < threshold
 
 
 # --- write ------------------------------------------------------------------------------------------------
 
 def _write(export, workdir):
-    """Read the planned rows once, in id order (like COPY), render each as it comes, and write them: straight
-    to the file(s) in id order, or through the spool when shuffled."""
+    """Read the rows once, in id order (like COPY), render each as it comes, and write them: straight to the
+    file(s) in id order, or through the spool when shuffled (output order: by _shuffle_key)."""
     spec = export.spec
-    counts = {}
     started = time.monotonic()
-    plan = _plan(export, spec, counts)
-    planned = time.monotonic()
-    total = len(plan)
+    counts = _selection_counts(spec)
+    duplicates = _near_duplicates(export, spec) if spec["dedupe"] else set()
+    counts["collapsed_near_duplicates"] = len(duplicates)
+    total = max(counts["selected"] - counts["excluded_flagged"] - counts["skipped_empty"] - len(duplicates), 0)
     Export.objects.filter(pk=export.pk).update(total=total, progress=0, heartbeat_at=timezone.now())
-    splits = SPLITS if spec["val_fraction"] > 0 else ("train",)
+    planned = time.monotonic()
+
+    val_fraction = spec["val_fraction"]
+    splits = SPLITS if val_fraction > 0 else ("train",)
+    threshold = int(val_fraction * 2**64)
     hf = export.format == formats.HF
     sink = _HfSink(workdir, splits) if hf else _TextSink(export.format, workdir, splits)
     fields = ["id", "topic", "turns_text"] + (["seed_set__name", "source"] if hf else [])
+    if val_fraction > 0:
+        fields.append("seed__text")
     queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(*fields)
-    spool = _Spool(workdir / "spool", total) if plan.rank is not None else None
-    validation = plan.validation.astype(np.uint8).tobytes()  # indexing bytes gives a plain int
+    width = 5 if hf else 3
+    spool = _Spool(workdir / "spool", total) if spec["shuffle"] else None
+    seed_mix = (spec["shuffle_seed"] * 0x9E3779B97F4A7C15) & _MASK64
     seen = 0
     next_report = time.monotonic() + PROGRESS_SECONDS
     try:
-        for row, i in _stream(queryset, plan.ids):
-            data = sink.encode(row)
+        for row in _rows(queryset):
+            pk = row[0]
+            if pk in duplicates:
+                continue
+            flag = 0
+            if threshold:
+                seed_text = row[width]
+                flag = _split_is_validation(seed_text if seed_text is not None else row[1], threshold)
+            data = sink.encode(row[:width])
             if spool is None:
-                sink.write_encoded(SPLITS[validation[i]], data)
+                sink.write_encoded(SPLITS[flag], data)
             else:
-                spool.add(int(plan.rank[i]), validation[i], data)
+                spool.add(_shuffle_key(pk, seed_mix), flag, data)
             seen += 1
             if time.monotonic() >= next_report:
                 Export.objects.filter(pk=export.pk).update(progress=seen, heartbeat_at=timezone.now())
@@ -461,45 +441,46 @@ def _write(export, workdir):
         files = sink.close()
         if spool is not None:
             spool.close()
+    counts.update(train=sink.written["train"], validation=sink.written.get("validation", 0),
+                  written=sum(sink.written.values()))
     # Where the time went, for the page and the benchmark (not part of the file).
-    counts["seconds"] = {"plan": round(planned - started, 2), "read_and_render": round(read - planned, 2),
+    counts["seconds"] = {"count_and_dedupe": round(planned - started, 2), "read_and_render": round(read - planned, 2),
                          "shuffle_and_finish": round(time.monotonic() - read, 2)}
-    # A planned dialogue that no longer matches (reviewed, edited or deleted meanwhile) is left out and counted.
-    counts.update(changed_during_export=total - seen, train=sink.written["train"],
-                  validation=sink.written.get("validation", 0), written=sum(sink.written.values()))
     return counts, files, getattr(sink, "digests", {})
 
 
 class _Spool:
-    """Puts rows read in id order back into shuffled order without holding them in memory: each rendered row is
-    appended to the bucket file for its output position; then each bucket (a bounded slice of the output) is read
-    and its rows are written in order. Two sequential passes over local disk instead of one random database read
-    per row. Per row, memory keeps its place in the bucket and its length (8 bytes) and its split (1 byte)."""
+    """Puts rows read in id order into shuffled order without holding them in memory: each rendered row is
+    appended to the bucket file its shuffle key falls in (buckets are ranges of the 64-bit key, so they fill
+    evenly); then each bucket (a bounded slice of the output) is read, sorted by key and written. Two sequential
+    passes over local disk instead of one random database read per row. Per row, memory keeps its key, length and
+    split: 13 bytes."""
 
     def __init__(self, folder, total):
         folder.mkdir()
-        self.total = total
-        self.size = max(BUCKET_ROWS, -(-total // MAX_BUCKETS))
-        count = max(1, -(-total // self.size))
+        needed = min(MAX_BUCKETS, max(1, -(-total // BUCKET_ROWS)))
+        # 2**bits buckets (a power of two, at most MAX_BUCKETS): the top bits of the key pick one.
+        self.bits = min((needed - 1).bit_length(), MAX_BUCKETS.bit_length() - 1)
+        count = 1 << self.bits
         self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 16) for n in range(count)]
-        self.places = [array("I") for _ in range(count)]  # position within the bucket, in arrival order
+        self.keys = [array("Q") for _ in range(count)]
         self.lengths = [array("I") for _ in range(count)]
         self.flags = [bytearray() for _ in range(count)]
 
-    def add(self, rank, flag, data):
-        bucket, place = divmod(rank, self.size)
+    def add(self, key, flag, data):
+        bucket = key >> (64 - self.bits) if self.bits else 0
         self.files[bucket].write(data)
-        self.places[bucket].append(place)
+        self.keys[bucket].append(key)
         self.lengths[bucket].append(len(data))
         self.flags[bucket].append(flag)
 
     def replay(self):
-        """(split flag, data) in output order (a planned row that never came is simply absent)."""
+        """(split flag, data) in output order: by key, and by id (arrival order) for equal keys."""
         for number, handle in enumerate(self.files):
             handle.close()
             path = Path(handle.name)
-            places, lengths, flags = self.places[number], self.lengths[number], self.flags[number]
-            self.places[number] = self.lengths[number] = self.flags[number] = None
+            keys, lengths, flags = self.keys[number], self.lengths[number], self.flags[number]
+            self.keys[number] = self.lengths[number] = self.flags[number] = None
             if not flags:
                 path.unlink()
                 continue
@@ -507,7 +488,7 @@ class _Spool:
             path.unlink()
             sizes = np.frombuffer(lengths, dtype=np.uint32).astype(np.int64)
             starts = np.cumsum(sizes) - sizes
-            order = np.argsort(np.frombuffer(places, dtype=np.uint32), kind="stable")
+            order = np.argsort(np.frombuffer(keys, dtype=np.uint64), kind="stable")
             for row, start, size in zip(order.tolist(), starts[order].tolist(), sizes[order].tolist()):
                 yield flags[row], blob[start:start + size]
             del blob, sizes, starts, order

@@ -137,7 +137,7 @@ def test_it_gives_the_same_file_whatever_the_page_and_bucket_sizes(artifacts, db
     monkeypatch.setattr(exporting, "MAX_BUCKETS", 5)
     small = run_export(fmt="baize", **spec)
     assert artifact_bytes(small) == big
-    assert small.counts["written"] == 60 and small.counts["changed_during_export"] == 0
+    assert small.counts["written"] == 60
     with zipfile.ZipFile(io.BytesIO(big)) as zf:
         topics = [r["topic"] for split in ("train", "validation") for r in json.loads(zf.read(f"{split}.json"))]
     assert sorted(topics) == sorted(f"t{i % 25}" for i in range(60)) and topics != sorted(topics)

@@ -30,7 +30,6 @@ COUNT_LABELS = [
     ("excluded_flagged", "Left out: flagged by a filter"),
     ("skipped_empty", "Left out: no turns"),
     ("collapsed_near_duplicates", "Left out: near-duplicate of a kept dialogue"),
-    ("changed_during_export", "Left out: changed while exporting"),
     ("train", "Written to train"),
     ("validation", "Written to validation"),
     ("written", "Written in all"),

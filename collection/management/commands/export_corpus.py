@@ -70,8 +70,8 @@ class Command(BaseCommand):
         if export.status != "succeeded":
             raise CommandError(f"export {export.pk} failed: {export.error}")
         counts = export.counts
-        for key in ("selected", "excluded_flagged", "skipped_empty", "collapsed_near_duplicates",
-                    "changed_during_export", "train", "validation", "written"):
+        for key in ("selected", "excluded_flagged", "skipped_empty", "collapsed_near_duplicates", "train",
+                    "validation", "written"):
             self.stdout.write(f"  {key:<26} {counts.get(key, 0)}")
         splits = SPLITS if export.spec["val_fraction"] > 0 else ("train",)
         for split, path in output_paths(export.format, options["out"], splits).items():
