@@ -64,8 +64,10 @@ def recover_stale_jobs(follow_up=False):
     """Re-queue runs whose driver went silent and free their leased seeds (periodic, see CELERY_BEAT_SCHEDULE).
     With follow_up (at worker start) it checks once more as soon as every run running now would have turned
     stale, so a restarted worker resumes the runs of the one it replaced without waiting for the periodic sweep."""
+    from collection.seeding import seed_imports_recover_stale
     from collection.services import stale_runs_recover
 
+    seed_imports_recover_stale()
     requeued, all_stale_in = stale_runs_recover()
     if follow_up and all_stale_in is not None:
         recover_stale_jobs.apply_async(countdown=all_stale_in)
