@@ -28,7 +28,7 @@ from collection.exporting import keep_alive
 from collection.filters import check_dialogue
 from collection.models import Dialogue, DialogueFlag, Import, JobStatus, Seed, SeedSet, normalize_seed_text, seed_hash
 from collection.readers import ReaderError, iter_records
-from collection.seeding import _Progress
+from collection.seeding import ImportProgress as _Progress, local_file
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def corpus_import_execute(import_id):
         return job
     progress = _Progress(job.pk)
     try:
-        with keep_alive(job), _local_file(job.path) as local_path:
+        with keep_alive(job), local_file(job.path) as local_path:
             seed_set = _run(job, local_path, progress)
     except (CorpusImportError, ReaderError) as error:
         _fail(job, str(error))
@@ -109,24 +109,6 @@ def _fail(job, message):
     Import.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error=message[:5000], finished_at=now,
                                             heartbeat_at=now, imported=0, duplicates=0, bad=1,
                                             report=[{"where": job.filename, "error": message[:1000]}])
-
-
-@contextlib.contextmanager
-def _local_file(path):
-    """A local path to read: the path itself, or a temporary copy of an artifact that is not on local disk."""
-    if os.path.isabs(path):
-        yield path
-        return
-    try:
-        yield default_storage.path(path)
-        return
-    except NotImplementedError:
-        pass  # a remote store (S3): copy it down, streaming
-    with tempfile.NamedTemporaryFile(suffix="".join(Path(path).suffixes)) as tmp:
-        with default_storage.open(path, "rb") as remote:
-            shutil.copyfileobj(remote, tmp, 1 << 20)
-        tmp.flush()
-        yield tmp.name
 
 
 # --- reading ------------------------------------------------------------------------------------------------

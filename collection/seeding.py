@@ -89,7 +89,7 @@ def seed_import_execute(import_id):
         return job
     tally = _Tally(skip_bad=job.skip_bad)
     try:
-        with _local_file(job.path) as local_path:
+        with local_file(job.path) as local_path:
             _run(job, local_path, tally)
     except _Superseded:
         logger.warning("seed import %s: this attempt was superseded by a re-queued one; rolled back", job.pk)
@@ -153,7 +153,7 @@ def _fail(job, message, tally):
 
 
 @contextlib.contextmanager
-def _local_file(path):
+def local_file(path):
     """A local path for the readers: the path itself, or a temporary copy of an artifact not on local disk."""
     if os.path.isabs(path):
         yield path
