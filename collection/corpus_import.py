@@ -11,15 +11,11 @@ All or nothing: the first bad record fails the import with "<file>:record N: <fi
 "<file>:line N") and nothing is imported. Import then export in the same format gives the same dialogues, turn by
 turn, text unchanged (collection.formats renders and parses as exact inverses).
 """
-import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import ijson
-from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
