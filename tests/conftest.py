@@ -5,6 +5,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from baize_eval import roles
+from baize_eval.celery import app as celery_app
 
 
 def pytest_configure(config):
@@ -72,3 +73,20 @@ def as_rater(rater):
 @pytest.fixture
 def as_outsider(outsider):
     return client_for(outsider)
+
+
+@pytest.fixture
+def artifacts(settings, tmp_path):
+    """Artifact storage in a per-test folder."""
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path / "artifacts"}}}
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def eager():
+    """Celery tasks run in-process for this test."""
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = previous

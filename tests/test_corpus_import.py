@@ -20,21 +20,6 @@ CORPORA = Path(__file__).resolve().parent / "data" / "corpora"
 SAMPLES = {"baize": CORPORA / "baize.json", "openai": CORPORA / "openai.jsonl", "sharegpt": CORPORA / "sharegpt.jsonl"}
 
 
-@pytest.fixture
-def artifacts(settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path / "artifacts"}}}
-    return tmp_path / "artifacts"
-
-
-@pytest.fixture
-def eager():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-
-
 def read_records(fmt, data):
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     if fmt == "baize":

@@ -16,13 +16,6 @@ from collection.models import Dialogue, DialogueFlag, Export, GenerationRun
 from tests.factories import make_dialogue, make_endpoint, make_seed_set, make_seeds, make_template
 
 
-@pytest.fixture
-def artifacts(settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path / "artifacts"}}}
-    return tmp_path / "artifacts"
-
-
 def turns_for(i, words=("basil", "tomato", "pepper", "onion", "garlic", "leek", "kale", "chard")):
     # Distinct vocabulary per dialogue so near-duplicate detection only collapses the planted copies.
     w = [f"{words[i % len(words)]}{i}x{k}" for k in range(12)]
@@ -312,14 +305,6 @@ def test_it_fills_in_every_option_in_the_recorded_spec(db):
     assert spec == {"seed_set": 3, "status": "approved", "include_flagged": True, "dedupe": True,
                     "dedupe_threshold": 0.85, "dedupe_num_perm": 128, "val_fraction": 0.1, "shuffle": True,
                     "shuffle_seed": 0}
-
-
-@pytest.fixture
-def eager():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
 
 
 def test_it_runs_the_export_task_after_commit(artifacts, corpus, eager, django_capture_on_commit_callbacks):

@@ -15,21 +15,6 @@ PAGES = ["/exports/", "/exports/new/", "/exports/{id}/", "/exports/{id}/progress
 
 
 @pytest.fixture
-def artifacts(settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path / "artifacts"}}}
-    return tmp_path / "artifacts"
-
-
-@pytest.fixture
-def eager():
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def done_export(db, artifacts):
     seed_set = make_seed_set("garden")
     make_dialogue(seed_set, status="approved")

@@ -23,13 +23,6 @@ def eager_tasks():
 
 
 @pytest.fixture
-def artifacts(settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path / "artifacts"}}}
-    return tmp_path / "artifacts"
-
-
-@pytest.fixture
 def garden(db):
     seed_set = make_seed_set("garden", source="quora", tags=["plants"])
     make_seeds(seed_set, ["How do I keep basil alive indoors?", "<script>alert('seed')</script> why?"])
