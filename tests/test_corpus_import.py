@@ -9,7 +9,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
-from baize_eval.celery import app as celery_app
 from collection import formats
 from collection.corpus_import import CorpusImportError, corpus_import, corpus_import_start
 from collection.exporting import export_execute, export_start

@@ -9,7 +9,6 @@ import pytest
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
-from baize_eval.celery import app as celery_app
 from collection import formats
 from collection.exporting import ExportError, export_execute, export_spec_clean, export_start
 from collection.models import Dialogue, DialogueFlag, Export, GenerationRun

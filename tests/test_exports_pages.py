@@ -5,7 +5,6 @@ import pytest
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from baize_eval.celery import app as celery_app
 from collection.exporting import export_execute, export_start
 from collection.models import Dialogue, Export, Import, SeedSet
 from tests.factories import make_dialogue, make_seed_set
