@@ -12,6 +12,7 @@ thin database layer, correct on Postgres and on the embedded SQLite demo.
 import re
 import threading
 import zlib
+from array import array
 
 import numpy as np
 
@@ -295,62 +296,66 @@ def _fmix64(h):
     return h
 
 
-def _band_keys(signatures, bands, rows):
-    """[texts, bands] uint64: one hash of each band's `rows` MinHash values (equal bands give equal keys)."""
-    values = signatures[:, :bands * rows].reshape(len(signatures), bands, rows).astype(np.uint64)
-    keys = np.zeros((len(signatures), bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for row in range(rows):
-            keys = keys * np.uint64(0x100000001B3) + values[:, :, row] + np.uint64(1)
-        return _fmix64(keys)
-
-
 # Signatures are kept as their low 8 bits ("b-bit MinHash", Li & König): 128 bytes a text instead of 512, so a
-# million dialogues fit in a few hundred MB. Two different 8-bit values still match by chance 1 time in 256;
-# the similarity estimate corrects for that.
+# million dialogues fit in 128 MB and the Dialogue row can store its own. Two different 8-bit values still match by
+# chance 1 time in 256; the similarity estimate corrects for that, and a band of r values is 8r bits wide, enough
+# for chance band matches to be rare. A text without words gets all 0xFF ("no signature"), never grouped.
+MINHASH_PERM = 128
 _KEPT_BITS = 8
 _CHANCE_MATCH = 1 / (1 << _KEPT_BITS)
+_NO_WORDS = 0xFF
 
 
-def near_duplicate_groups(items, *, threshold=0.85, num_perm=128, chunk=5000):
-    """{duplicate id: kept id} over an iterable of (integer id, text): clusters of texts whose estimated Jaccard
-    similarity of word shingles is >= threshold, linked transitively; the lowest id of each cluster is kept and is
-    not a key. Texts without words are never grouped; a repeated id counts once (its first text).
-
-    Streams the items in chunks of `chunk`: MinHash signatures (datasketch's affine32 scheme) are hashed into LSH
-    bands (sizes from datasketch's MinHashLSH optimiser); texts sharing a band are candidates, confirmed by the
-    estimated Jaccard. Memory is about 250 bytes a text, whatever the texts' length."""
-    bands, rows = _lsh_bands(threshold, num_perm)
+def minhash_bytes(texts, *, num_perm=MINHASH_PERM):
+    """b-bit MinHash signatures of the texts' word shingles: uint8 [len(texts), num_perm], the low 8 bits of the
+    values datasketch's MinHash(num_perm, seed=1, scheme="affine32") gives (minhash_signatures). What
+    Dialogue.minhash stores (as bytes, MINHASH_PERM values) and signature_groups compares."""
     a, b = _minhash_permutations(num_perm)
-    empty = np.iinfo(np.uint32).max
-    id_parts, key_parts, signature_parts = [], [], []
+    return _signatures(list(texts), a, b).astype(np.uint8)
 
-    def process(batch):
-        signatures = _signatures([text for _, text in batch], a, b)
-        has_words = ~(signatures == empty).all(axis=1)
-        id_parts.append(np.fromiter((key for key, _ in batch), dtype=np.int64, count=len(batch))[has_words])
-        key_parts.append(_band_keys(signatures[has_words], bands, rows))
-        signature_parts.append(signatures[has_words].astype(np.uint8))
 
+def near_duplicate_groups(items, *, threshold=0.85, num_perm=MINHASH_PERM, chunk=5000):
+    """{duplicate id: kept id} over an iterable of (integer id, text), streamed in chunks of `chunk`: the texts'
+    signatures (minhash_bytes), then signature_groups. Memory is about 150 bytes a text, whatever its length."""
+    id_parts, signature_parts = [], []
     batch = []
-    for key, text in items:
-        batch.append((key, text or ""))
-        if len(batch) >= chunk:
-            process(batch)
-            batch = []
-    process(batch)
 
-    ids = np.concatenate(id_parts)
-    ids, first = np.unique(ids, return_index=True)  # sorted by id: the lowest row of a cluster is its lowest id
-    if len(ids) < 2:
+    def process():
+        id_parts.append(np.fromiter((key for key, _ in batch), dtype=np.int64, count=len(batch)))
+        signature_parts.append(minhash_bytes([text or "" for _, text in batch], num_perm=num_perm))
+        batch.clear()
+
+    for item in items:
+        batch.append(item)
+        if len(batch) >= chunk:
+            process()
+    process()
+    return signature_groups(np.concatenate(id_parts), np.concatenate(signature_parts), threshold=threshold)
+
+
+def signature_groups(ids, signatures, *, threshold=0.85):
+    """{duplicate id: kept id} for integer ids and their minhash_bytes signatures (one row each): clusters of
+    texts whose estimated Jaccard similarity of word shingles is >= threshold, linked transitively; the lowest id
+    of each cluster is kept and is not a key. Texts without words are never grouped; a repeated id counts once
+    (its first row).
+
+    Candidates are rows sharing an LSH band (band sizes from datasketch's MinHashLSH optimiser), one band at a
+    time so memory stays at the signatures plus a few arrays of one number a row; each candidate pair is confirmed
+    by the estimated Jaccard."""
+    ids = np.asarray(ids, dtype=np.int64)
+    signatures = np.asarray(signatures, dtype=np.uint8)
+    has_words = ~(signatures == _NO_WORDS).all(axis=1)
+    ids, signatures = ids[has_words], signatures[has_words]
+    unique_ids, first = np.unique(ids, return_index=True)  # sorted: a cluster's lowest row is its lowest id
+    if len(unique_ids) < 2:
         return {}
-    keys = np.concatenate(key_parts)[first]
-    signatures = np.concatenate(signature_parts)[first]
-    del id_parts, key_parts, signature_parts
+    ids, signatures = unique_ids, signatures[first]
+    num_perm = signatures.shape[1]
+    bands, rows = _lsh_bands(threshold, num_perm)
 
     labels = np.arange(len(ids))  # each row's lowest known row in its cluster
     for band in range(bands):
-        left, right = _band_candidates(keys[:, band])
+        left, right = _band_candidates(_band_key(signatures[:, band * rows:(band + 1) * rows]))
         if not len(left):
             continue
         matches = np.count_nonzero(signatures[left] == signatures[right], axis=1) / num_perm
@@ -359,6 +364,15 @@ def near_duplicate_groups(items, *, threshold=0.85, num_perm=128, chunk=5000):
 
     duplicates = np.flatnonzero(labels != np.arange(len(ids)))
     return dict(zip(ids[duplicates].tolist(), ids[labels[duplicates]].tolist()))
+
+
+def _band_key(band):
+    """One uint64 per row for a band of 8-bit values (equal bands give equal keys)."""
+    keys = np.zeros(len(band), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for column in band.T:
+            keys = keys * np.uint64(0x100000001B3) + column.astype(np.uint64) + np.uint64(1)
+        return _fmix64(keys)
 
 
 def _band_candidates(band_keys):
@@ -426,21 +440,50 @@ def flag_dialogue(dialogue, *, language="en", min_turns=2, seed_text=None):
     return [rule for rule, _ in hits]
 
 
-def _dialogue_texts(queryset, chunk_size):
-    for pk, turns in queryset.order_by("pk").values_list("pk", "turns").iterator(chunk_size=chunk_size):
-        yield pk, _dialogue_text(turns if isinstance(turns, list) else [])
+def dialogue_signatures(queryset, *, chunk_size=2000):
+    """(ids, signatures) of the dialogues in queryset, in id order: int64 [n] and uint8 [n, MINHASH_PERM]. Stored
+    signatures (Dialogue.minhash) are read; the missing ones (new or edited dialogues) are computed from the
+    current turns and stored, each only if the dialogue is still at the version that was read, so a concurrent
+    edit is never given a stale signature."""
+    from django.db import connection, transaction
+
+    from collection.models import Dialogue
+
+    ids, blob, missing = array("q"), bytearray(), []
+    no_signature = bytes([_NO_WORDS]) * MINHASH_PERM
+    for pk, stored in queryset.order_by("pk").values_list("pk", "minhash").iterator(chunk_size=chunk_size):
+        if stored is None or len(stored) != MINHASH_PERM:
+            missing.append(len(ids))
+            stored = no_signature
+        ids.append(pk)
+        blob += stored
+    signatures = np.frombuffer(blob, dtype=np.uint8).reshape(len(ids), MINHASH_PERM)
+    update = f"UPDATE {Dialogue._meta.db_table} SET minhash = %s WHERE id = %s AND version = %s"
+    for start in range(0, len(missing), chunk_size):
+        positions = missing[start:start + chunk_size]
+        current = {pk: (version, turns) for pk, version, turns in Dialogue.objects.filter(
+            pk__in=[ids[p] for p in positions]).values_list("pk", "version", "turns")}
+        # A dialogue deleted meanwhile keeps "no signature": never grouped.
+        found = [p for p in positions if ids[p] in current]
+        signatures[found] = minhash_bytes(_dialogue_text(current[ids[p]][1]) for p in found)
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(update, [(signatures[p].tobytes(), ids[p], current[ids[p]][0]) for p in found])
+    return np.frombuffer(ids, dtype=np.int64), signatures
 
 
-def flag_near_duplicates(queryset, *, threshold=0.85, num_perm=128, chunk_size=2000):
+def flag_near_duplicates(queryset, *, threshold=0.85, chunk_size=2000):
     """Flag near-duplicates among the dialogues in queryset (their current turns): in each cluster the lowest id
     stays unflagged and the others get a near_duplicate flag naming it. Replaces the previous near_duplicate flags
-    of these dialogues, so re-running gives the same flags. Returns how many dialogues are flagged."""
+    of these dialogues, so re-running gives the same flags. Only new or edited dialogues are hashed
+    (dialogue_signatures). Returns how many dialogues are flagged."""
     from django.db import transaction
     from django.db.models import Exists, OuterRef
 
     from collection.models import Dialogue, DialogueFlag
 
-    groups = near_duplicate_groups(_dialogue_texts(queryset, chunk_size), threshold=threshold, num_perm=num_perm)
+    ids, signatures = dialogue_signatures(queryset, chunk_size=chunk_size)
+    groups = signature_groups(ids, signatures, threshold=threshold)
+    del ids, signatures
     scope = queryset.values("pk")
     with transaction.atomic():
         previous = set(DialogueFlag.objects.filter(rule=NEAR_DUPLICATE, dialogue__in=scope)

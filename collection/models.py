@@ -298,6 +298,9 @@ class Dialogue(models.Model):
     version = models.PositiveIntegerField(default=1)
     is_flagged = models.BooleanField(default=False)
     search_document = models.TextField(blank=True, help_text="Topic and turn text, for full-text search.")
+    # The current turns' MinHash signature (collection.filters.minhash_bytes), stored by the near-duplicate pass so
+    # that a later pass or an export only hashes what is new or edited; None until computed or after an edit.
+    minhash = models.BinaryField(null=True, blank=True, editable=False)
     # Review lease: a dialogue open by one reviewer is not handed to another until it expires.
     lease_holder = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -327,6 +330,7 @@ class Dialogue(models.Model):
         self.num_turns = len(turns)
         self.length_chars = sum(len(t["text"]) for t in turns)
         self.search_document = "\n".join([self.topic] + [t["text"] for t in turns])
+        self.minhash = None  # stale: recomputed by the next near-duplicate pass
 
 
 class DialogueFlag(models.Model):

@@ -6,8 +6,8 @@ import pytest
 from datasketch import MinHash
 
 from collection.filters import (
-    RULES, check_dialogue, filter_counts, flag_dialogue, flag_near_duplicates, minhash_signatures,
-    near_duplicate_groups,
+    MINHASH_PERM, RULES, check_dialogue, filter_counts, flag_dialogue, flag_near_duplicates, minhash_bytes,
+    minhash_signatures, near_duplicate_groups,
 )
 from collection.filters import _shingle_hashes
 from collection.models import Dialogue, DialogueFlag
@@ -232,6 +232,31 @@ def test_it_flags_planted_near_duplicates_across_a_corpus_and_is_idempotent():
     rewritten.refresh_from_db()
     assert not rewritten.is_flagged
     assert not rewritten.flags.exists()
+
+
+@pytest.mark.django_db
+def test_it_stores_signatures_and_hashes_only_new_or_edited_dialogues(reviewer):
+    from collection.review import review_edit_turn
+
+    seed_set = make_seed_set()
+    texts, _ = random_corpus(3)
+    one, two, three = (make_dialogue(seed_set, turns=chat("Q?", text)) for text in texts)
+    queryset = Dialogue.objects.filter(seed_set=seed_set)
+    assert flag_near_duplicates(queryset) == 0
+    for dialogue in (one, two, three):
+        dialogue.refresh_from_db()
+        expected = minhash_bytes(["Q?\n" + dialogue.turns[1]["text"]])[0].tobytes()
+        assert bytes(dialogue.minhash) == expected and len(expected) == MINHASH_PERM
+
+    # The stored signature is what the next pass uses: one given `one`'s signature now counts as its copy...
+    Dialogue.objects.filter(pk=three.pk).update(minhash=one.minhash)
+    assert flag_near_duplicates(queryset) == 1
+    assert Dialogue.objects.get(pk=three.pk).flags.get().reason.startswith(f"near-duplicate of dialogue {one.pk} ")
+    # ...until its turns change: an edit clears the signature and the next pass hashes the new text.
+    review_edit_turn(dialogue=three, actor=reviewer, expected_version=three.version, turn_index=1, text=texts[2] + "!")
+    assert Dialogue.objects.get(pk=three.pk).minhash is None
+    assert flag_near_duplicates(queryset) == 0
+    assert bytes(Dialogue.objects.get(pk=three.pk).minhash) == minhash_bytes(["Q?\n" + texts[2] + "!"])[0].tobytes()
 
 
 @pytest.mark.django_db
