@@ -9,11 +9,8 @@ from collection.models import Export
 from tests.factories import make_dialogue, make_seed_set
 
 
-@pytest.fixture(autouse=True)
-def artifacts(settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path}}}
-    return tmp_path
+# Exports write files: each test keeps them in its own folder.
+pytestmark = pytest.mark.usefixtures("artifacts")
 
 
 @pytest.fixture

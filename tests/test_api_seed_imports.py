@@ -8,11 +8,8 @@ from collection.seeding import seed_import_execute
 CSV = b"question,lang\nHow do I keep basil alive?,en\nWhen should I repot a fern?,en\nHow do I keep basil alive?,en\n"
 
 
-@pytest.fixture(autouse=True)
-def artifacts(settings, tmp_path):
-    settings.STORAGES = {**settings.STORAGES, "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": tmp_path}}}
-    return tmp_path
+# Uploads are stored for the worker: each test keeps them in its own folder.
+pytestmark = pytest.mark.usefixtures("artifacts")
 
 
 def upload(client, content=CSV, name="seeds.csv", **fields):
@@ -89,18 +86,7 @@ def test_it_refuses_an_upload_over_the_size_limit(as_reviewer, settings, artifac
     assert not (artifacts / "imports").exists()
 
 
-@pytest.fixture
-def eager_tasks():
-    """The embedded mode: tasks run in-process when the transaction commits."""
-    from baize_eval.celery import app
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = before
-
-
-def test_it_runs_the_import_in_process_in_the_embedded_mode(as_reviewer, eager_tasks,
+def test_it_runs_the_import_in_process_in_the_embedded_mode(as_reviewer, eager,
                                                              django_capture_on_commit_callbacks):
     bad = b"question\nfine\n" + b"\xff\xfe broken\n"
     with django_capture_on_commit_callbacks(execute=True):

@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
 
-from baize_eval.celery import app as celery_app
 from collection.models import Import, Seed, SeedSet
 from collection.seeding import REPORT_LIMIT, seed_import_execute, seed_import_start
 from tests.factories import make_seed_set, make_seeds
@@ -332,15 +331,7 @@ def test_it_still_fails_a_whole_file_problem_with_skip_bad(db, tmp_path):
 
 
 # --- job handling ------------------------------------------------------------------------------------------
-@pytest.fixture
-def eager_tasks():
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = before
-
-
-def test_it_runs_through_the_celery_task_once_committed(db, eager_tasks, django_capture_on_commit_callbacks, admin_user):
+def test_it_runs_through_the_celery_task_once_committed(db, eager, django_capture_on_commit_callbacks, admin_user):
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         job = seed_import_start(path=str(DATA / "seeds.txt"), seed_set_name="garden", created_by=admin_user,
                                 source="quora", tags=["q"])
@@ -428,7 +419,7 @@ def test_it_refuses_a_missing_path_on_the_command_line(db, tmp_path):
 
 
 # --- stale imports -----------------------------------------------------------------------------------------
-def test_it_requeues_an_import_whose_worker_went_silent(db, eager_tasks, django_capture_on_commit_callbacks):
+def test_it_requeues_an_import_whose_worker_went_silent(db, eager, django_capture_on_commit_callbacks):
     from django.utils import timezone
 
     from collection.seeding import seed_imports_recover_stale

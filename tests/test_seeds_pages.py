@@ -7,19 +7,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
-from baize_eval.celery import app as celery_app
 from collection.models import Import, Seed, SeedSet
 from tests.factories import make_endpoint, make_seed_set, make_seeds, make_template
 
 PAGES = ["/seeds/", "/seeds/{set}/", "/imports/{job}/"]
-
-
-@pytest.fixture
-def eager_tasks():
-    before = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    yield
-    celery_app.conf.task_always_eager = before
 
 
 @pytest.fixture
@@ -88,7 +79,7 @@ def test_it_lists_seed_sets_with_their_counts(garden, as_reviewer):
     assert 'id="seed-upload-form"' in page
 
 
-def test_it_imports_an_upload_and_shows_its_status(db, reviewer, as_reviewer, artifacts, eager_tasks,
+def test_it_imports_an_upload_and_shows_its_status(db, reviewer, as_reviewer, artifacts, eager,
                                                     django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = upload(as_reviewer, b"question,topic\nWhy is the sky blue?,sky\nwhy is the  sky blue?,sky\n",
@@ -107,7 +98,7 @@ def test_it_imports_an_upload_and_shows_its_status(db, reviewer, as_reviewer, ar
     assert f'href="/runs/new/?seed_set={seed_set.pk}"' in page
 
 
-def test_it_shows_a_failed_upload_with_the_located_error(db, as_reviewer, artifacts, eager_tasks,
+def test_it_shows_a_failed_upload_with_the_located_error(db, as_reviewer, artifacts, eager,
                                                           django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         upload(as_reviewer, b"fine\n\xff\xfe\n", name="broken.txt")
