@@ -107,6 +107,17 @@ if not CELERY_BROKER_URL:
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Every task's queue, by name: workers take them with -Q generation,default (Makefile `worker`, tests/processes.py).
+CELERY_TASK_ROUTES = {
+    "collection.drive_generation_run": {"queue": "generation"},
+    "collection.import_seeds": {"queue": "default"},
+    "collection.import_corpus": {"queue": "default"},
+    "collection.export_corpus": {"queue": "default"},
+    "collection.flag_near_duplicates": {"queue": "default"},
+    "collection.review_bulk": {"queue": "default"},
+    "collection.recover_stale_jobs": {"queue": "default"},
+    "collection.fail_stale_exports": {"queue": "default"},
+}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {

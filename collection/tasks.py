@@ -1,12 +1,13 @@
 """Celery entry points. Payloads are ids; the job row is the truth and each task claims it before working.
 
 Queues: `generation` (LLM calls, I/O bound), `default` (imports, exports, sweeps), `gpu` (later: training).
+Each task's queue is set by its name in CELERY_TASK_ROUTES (settings): Celery 6 drops a task's own `queue`.
 """
 from celery import shared_task
 from celery.signals import worker_ready, worker_shutting_down
 
 
-@shared_task(name="collection.import_seeds", queue="default")
+@shared_task(name="collection.import_seeds")
 def import_seeds(import_id):
     """Run one queued seed import (collection.seeding); the Import row holds status, counts and the report."""
     from collection.seeding import seed_import_execute
@@ -14,7 +15,7 @@ def import_seeds(import_id):
     seed_import_execute(import_id)
 
 
-@shared_task(name="collection.export_corpus", queue="default")
+@shared_task(name="collection.export_corpus")
 def export_corpus(export_id):
     """Write one queued corpus export (collection.exporting); the Export row holds status, progress and counts."""
     from collection.exporting import export_execute
@@ -22,7 +23,7 @@ def export_corpus(export_id):
     export_execute(export_id)
 
 
-@shared_task(name="collection.import_corpus", queue="default")
+@shared_task(name="collection.import_corpus")
 def import_corpus(import_id):
     """Run one queued corpus import (collection.corpus_import); the Import row holds status, counts and errors."""
     from collection.corpus_import import corpus_import_execute
@@ -30,7 +31,7 @@ def import_corpus(import_id):
     corpus_import_execute(import_id)
 
 
-@shared_task(name="collection.flag_near_duplicates", queue="default")
+@shared_task(name="collection.flag_near_duplicates")
 def flag_near_duplicates(seed_set_id):
     """Re-run the near-duplicate pass (collection.filters) over one seed set's dialogues: the corpus it belongs to."""
     from collection.filters import flag_near_duplicates as flag
@@ -39,7 +40,7 @@ def flag_near_duplicates(seed_set_id):
     return flag(Dialogue.objects.filter(seed_set_id=seed_set_id))
 
 
-@shared_task(name="collection.review_bulk", queue="default")
+@shared_task(name="collection.review_bulk")
 def review_bulk(actor_id, action, spec, reasons=()):
     """Approve or reject a large filtered selection (collection.review.review_bulk), chunk by chunk; the
     dialogues' status and review events show the progress. The payload is the filter spec, not the rows."""
@@ -51,7 +52,7 @@ def review_bulk(actor_id, action, spec, reasons=()):
     return bulk(spec=spec, actor=actor, action=action, reasons=list(reasons))
 
 
-@shared_task(name="collection.drive_generation_run", queue="generation")
+@shared_task(name="collection.drive_generation_run")
 def drive_generation_run(run_id):
     """Drive one queued generation run to its end (collection.selfchat); the run row holds status and counters."""
     from collection.selfchat import drive_generation_run as drive
@@ -59,7 +60,7 @@ def drive_generation_run(run_id):
     return drive(run_id=run_id)
 
 
-@shared_task(name="collection.recover_stale_jobs", queue="default")
+@shared_task(name="collection.recover_stale_jobs")
 def recover_stale_jobs(follow_up=False):
     """Re-queue runs whose driver went silent and free their leased seeds (periodic, see CELERY_BEAT_SCHEDULE).
     With follow_up (at worker start) it checks once more as soon as every run running now would have turned
@@ -82,7 +83,7 @@ def recover_on_worker_start(sender=None, **kwargs):
     warm_up()
 
 
-@shared_task(name="collection.fail_stale_exports", queue="default")
+@shared_task(name="collection.fail_stale_exports")
 def fail_stale_exports():
     """Mark exports and corpus imports whose worker died as failed (periodic, see CELERY_BEAT_SCHEDULE)."""
     from collection.exporting import stale_jobs_fail
