@@ -26,7 +26,6 @@ Counts are taken when the export starts; a dialogue reviewed while it runs is ex
 """
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -51,7 +50,7 @@ from django.db.models import Count, Q, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from collection import formats
+from collection import export_hf, formats
 from collection.models import Export, JobStatus
 from collection.selection import SelectionError, clean_spec, select_dialogues
 
@@ -63,8 +62,6 @@ STREAM_CHUNK = 5000  # rows per keyset page
 BUCKET_ROWS = 10_000
 MAX_BUCKETS = 256
 PROGRESS_SECONDS = 1.0
-HF_BATCH_ROWS = 2_000
-HF_SHARD = "data-00000-of-00001.arrow"  # one shard per split; load_from_disk takes any size
 DEFAULT_OPTIONS = {
     "include_flagged": False,
     "dedupe": True,
@@ -405,7 +402,7 @@ def _write(export, workdir):
     splits = SPLITS if val_fraction > 0 else ("train",)
     threshold = int(val_fraction * 2**64)
     hf = export.format == formats.HF
-    sink = _HfSink(workdir, splits) if hf else _TextSink(export.format, workdir, splits)
+    sink = export_hf.HfSink(workdir, splits) if hf else _TextSink(export.format, workdir, splits)
     fields = ["id", "topic", "turns_text"] + (["seed_set__name", "source"] if hf else [])
     if val_fraction > 0:
         fields.append("seed__text")
@@ -557,90 +554,6 @@ class _HashingFile:
 
     def digest(self):
         return self.sha256.hexdigest(), self.size
-
-
-class _HfSink:
-    """Hugging Face dataset: Arrow batches go to a Parquet file per split and to the Arrow stream file of the
-    save_to_disk layout, written in place (see _write_dataset_metadata): nothing is read back or mapped."""
-
-    def __init__(self, workdir, splits):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.pa = pa
-        self.schema = formats.hf_schema()
-        self.root = workdir / "files"
-        (self.root / "parquet").mkdir(parents=True)
-        self.arrow_paths = {split: self.root / "dataset" / split / HF_SHARD for split in splits}
-        for path in self.arrow_paths.values():
-            path.parent.mkdir(parents=True)
-        self.sinks = {split: pa.OSFile(str(path), "wb") for split, path in self.arrow_paths.items()}
-        self.streams = {split: pa.ipc.new_stream(self.sinks[split], self.schema) for split in splits}
-        self.parquet = {split: pq.ParquetWriter(str(self.root / "parquet" / f"{split}.parquet"), self.schema,
-                                                compression="zstd") for split in splits}
-        self.buffers = {split: self._empty() for split in splits}
-        self.written = dict.fromkeys(splits, 0)
-        self.closed = False
-
-    def _empty(self):
-        return {name: [] for name in self.schema.names}
-
-    def encode(self, row):
-        return orjson.dumps(row)
-
-    def write_encoded(self, split, data):
-        pk, topic, turns, seed_set, source = orjson.loads(data)
-        self.written[split] += 1
-        buffer = self.buffers[split]
-        buffer["id"].append(pk)
-        buffer["topic"].append(topic)
-        buffer["messages"].append(formats.hf_messages(orjson.loads(turns)))
-        buffer["seed_set"].append(seed_set)
-        buffer["source"].append(source)
-        buffer["split"].append(split)
-        if len(buffer["id"]) >= HF_BATCH_ROWS:
-            self._flush(split)
-
-    def _flush(self, split):
-        buffer = self.buffers[split]
-        if buffer["id"]:
-            batch = self.pa.RecordBatch.from_pydict(buffer, schema=self.schema)
-            self.streams[split].write_batch(batch)
-            self.parquet[split].write_batch(batch)
-        self.buffers[split] = self._empty()
-
-    def close(self):
-        if self.closed:
-            return {}
-        self.closed = True
-        for split in self.streams:
-            self._flush(split)
-            self.streams[split].close()
-            self.sinks[split].close()
-            self.parquet[split].close()
-        self._write_dataset_metadata()
-        return {"dataset": self.root / "dataset", **{f"parquet/{s}": self.root / "parquet" / f"{s}.parquet"
-                                                       for s in self.streams}}
-
-    def _write_dataset_metadata(self):
-        """The rest of what DatasetDict.save_to_disk writes around the Arrow files: dataset_dict.json, and per
-        split dataset_info.json and state.json. Writing them here instead of calling save_to_disk saves a full
-        copy of the data, and keeps memory flat: save_to_disk reads the whole table back through a memory map,
-        and importing datasets alone costs 80 MB. tests/test_export.py checks the folder with load_from_disk and
-        against what save_to_disk writes; tests/test_formats.py checks dataset_info.json."""
-        info = json.dumps(formats.hf_dataset_info())
-        for split, path in self.arrow_paths.items():
-            (path.parent / "dataset_info.json").write_text(info, encoding="utf-8")
-            state = {
-                "_data_files": [{"filename": HF_SHARD}],
-                # From the content, not from a temporary path: the same rows give the same bytes.
-                "_fingerprint": _file_sha256(path)[:16],
-                "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
-                "_output_all_columns": False, "_split": split,
-            }
-            (path.parent / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-        (self.root / "dataset" / "dataset_dict.json").write_text(json.dumps({"splits": list(self.arrow_paths)}),
-                                                                encoding="utf-8")
 
 
 # --- package, deliver, store ---------------------------------------------------------------------------------
