@@ -1,16 +1,17 @@
 """Corpus export speed and memory: our export against `psql -c "COPY (SELECT …) TO STDOUT"` over the same rows.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/baize_bench CELERY_BROKER_URL=redis://127.0.0.1:6379/0 \\
-        .venv/bin/python bench/export.py [--n 1000000] [--format openai] [--repeat 3] [--dedupe] [--keep]
+        .venv/bin/python bench/export.py [--n 1000000] [--format openai] [--variants ...] [--repeat 3] [--keep]
 
-Builds N dialogues (4 turns, about 1,200 characters each; 90% approved, 5% flagged) with one generate_series
-INSERT per 100,000 rows, then times:
+Builds N dialogues (4 turns, about 1,200 characters each; 90% approved, 5% flagged, 2% copies of the dialogue
+before them) with one generate_series INSERT per 100,000 rows, and stores their MinHash signatures as the corpus
+pass does after every run and import (collection.filters.dialogue_signatures; minutes at a million), then times:
   - copy:   psql COPY (SELECT id, topic, turns FROM the dialogues the export picks, ORDER BY id) TO STDOUT into a
             file: the floor for reading those rows out of Postgres;
-  - export: export_execute in a fresh child process (as the Celery worker runs it), once per variant: shuffled
-            (the default), id order (--no-shuffle), with a validation split. Peak memory is the child's max RSS.
-Targets (issue 3): time <= 2x copy, peak memory < 300 MB at N = 1,000,000. Near-duplicate collapse (--dedupe)
-is measured separately: it is MinHash over every text and is not part of the COPY comparison.
+  - export: export_execute in a fresh child process (as the Celery worker runs it), once per variant: the
+            default (shuffled, near-duplicates collapsed), shuffled without the collapse, id order, with a
+            validation split. Peak memory is the child's max RSS.
+Targets (issue 3): time <= 2x copy, peak memory < 300 MB at N = 1,000,000.
 The rows are deleted at the end unless --keep (a later run with the same N reuses kept rows).
 """
 import argparse
@@ -37,14 +38,15 @@ from django.core.files.storage import default_storage  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
+from collection.filters import dialogue_signatures  # noqa: E402
 from collection.models import Dialogue, SeedSet  # noqa: E402
 
 BATCH = 100_000
 VARIANTS = {
-    "shuffled": {"dedupe": False},
-    "id-order": {"dedupe": False, "shuffle": False},
-    "split-0.1": {"dedupe": False, "val_fraction": 0.1},
-    "dedupe": {"dedupe": True},
+    "default": {},
+    "no-dedupe": {"dedupe": False},
+    "id-order": {"shuffle": False},
+    "split-0.1": {"val_fraction": 0.1},
 }
 
 INSERT = f"""
@@ -55,11 +57,12 @@ SELECT %(set)s, 'generated', 'How do I keep item ' || g || ' in shape? ' || left
     '{{}}'::jsonb, 'stop', 'en', 0, 0, 0, t.turns, 4, 1200,
     CASE WHEN g %% 10 = 0 THEN 'undecided' ELSE 'approved' END, 1, g %% 20 = 0, '', now(), now()
 FROM generate_series(%(start)s, %(stop)s) AS g,
+LATERAL (SELECT CASE WHEN g %% 50 = 7 THEN g - 1 ELSE g END AS k) AS copy,
 LATERAL (SELECT jsonb_build_array(
-    jsonb_build_object('role', 'human', 'text', 'Question ' || g || ' about ' || md5(g::text) || '?'),
-    jsonb_build_object('role', 'ai', 'text', repeat(md5((g + 1)::text) || ' ', 14) || 'Ünïcödé ✓ "quoted"'),
-    jsonb_build_object('role', 'human', 'text', 'And a follow-up on ' || md5((g + 2)::text) || '?'),
-    jsonb_build_object('role', 'ai', 'text', repeat(md5((g + 3)::text) || ' ', 16) || E'\\nDone.')) AS turns) AS t
+    jsonb_build_object('role', 'human', 'text', 'Question ' || k || ' about ' || md5(k::text) || '?'),
+    jsonb_build_object('role', 'ai', 'text', repeat(md5((k + 1)::text) || ' ', 14) || 'Ünïcödé ✓ "quoted"'),
+    jsonb_build_object('role', 'human', 'text', 'And a follow-up on ' || md5((k + 2)::text) || '?'),
+    jsonb_build_object('role', 'ai', 'text', repeat(md5((k + 3)::text) || ' ', 16) || E'\\nDone.')) AS turns) AS t
 """
 
 
@@ -89,17 +92,25 @@ def _cpu_model():
 def build_rows(n):
     name = f"bench-export-{n}"
     seed_set, created = SeedSet.objects.get_or_create(name=name, defaults={"source": "bench/export.py"})
-    have = Dialogue.objects.filter(seed_set=seed_set).count()
-    if have == n:
+    rows = Dialogue.objects.filter(seed_set=seed_set)
+    changed = rows.count() != n
+    if not changed:
         print(f"reusing {n} rows in seed set {name!r}")
-        return seed_set
-    delete_rows(seed_set)
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        for start in range(1, n + 1, BATCH):
-            cursor.execute(INSERT, {"set": seed_set.pk, "start": start, "stop": min(start + BATCH - 1, n)})
-        cursor.execute(f"ANALYZE {Dialogue._meta.db_table}")
-    print(f"built {n} rows in {time.perf_counter() - started:.1f} s")
+    else:
+        delete_rows(seed_set)
+        started = time.perf_counter()
+        with connection.cursor() as cursor:
+            for start in range(1, n + 1, BATCH):
+                cursor.execute(INSERT, {"set": seed_set.pk, "start": start, "stop": min(start + BATCH - 1, n)})
+        print(f"built {n} rows in {time.perf_counter() - started:.1f} s")
+    if rows.filter(minhash__isnull=True).exists():
+        changed = True
+        started = time.perf_counter()
+        dialogue_signatures(rows, chunk_size=5000)
+        print(f"stored MinHash signatures in {time.perf_counter() - started:.1f} s")
+    if changed:
+        with connection.cursor() as cursor:
+            cursor.execute(f"VACUUM ANALYZE {Dialogue._meta.db_table}")
     return seed_set
 
 
@@ -162,9 +173,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--format", default="openai", choices=["baize", "openai", "sharegpt", "hf"])
-    parser.add_argument("--variants", nargs="+", default=["shuffled", "id-order", "split-0.1"],
-                        choices=list(VARIANTS))
-    parser.add_argument("--dedupe", action="store_true", help="Also time the near-duplicate collapse.")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--keep", action="store_true", help="Keep the generated rows for the next run.")
     parser.add_argument("--repeat", type=int, default=1, help="Interleaved repeats; the best of each is reported.")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -177,7 +186,7 @@ def main():
     facts = machine_facts()
     print(json.dumps({"machine": facts}, indent=1))
     seed_set = build_rows(args.n)
-    variants = list(args.variants) + (["dedupe"] if args.dedupe and "dedupe" not in args.variants else [])
+    variants = list(args.variants)
     results = {"n": args.n, "format": args.format, "repeat": args.repeat, "machine": facts}
     # Interleaved repeats, best of each: on a shared machine the minimum is the least disturbed run.
     runs = {name: [] for name in ["copy"] + variants}

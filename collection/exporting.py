@@ -51,12 +51,15 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from collection import export_hf, formats
-from collection.models import Export, JobStatus
+from collection.filters import (
+    MINHASH_PERM, band_keys, candidate_groups, has_signature, lsh_bands, minhash_bytes, similar,
+)
+from collection.models import Dialogue, Export, JobStatus
 from collection.selection import SelectionError, clean_spec, select_dialogues
 
 log = logging.getLogger(__name__)
 
-STREAM_CHUNK = 5000  # rows per keyset page
+STREAM_CHUNK = 2000  # rows per keyset page
 # The shuffle spool: about one bucket file per BUCKET_ROWS rows (a power of two, at most MAX_BUCKETS), so
 # replaying one bucket holds about 15 MB (10,000 rows of ~1.5 KB) at a million dialogues.
 BUCKET_ROWS = 10_000
@@ -66,7 +69,6 @@ DEFAULT_OPTIONS = {
     "include_flagged": False,
     "dedupe": True,
     "dedupe_threshold": 0.85,
-    "dedupe_num_perm": 128,
     "val_fraction": 0.0,
     "shuffle": True,
     "shuffle_seed": 0,
@@ -104,8 +106,6 @@ def export_spec_clean(raw):
             options[key] = _number(raw[key], key, float, low, high)
     if raw.get("shuffle_seed") not in (None, ""):
         options["shuffle_seed"] = _number(raw["shuffle_seed"], "shuffle_seed", int, 0, 2**63 - 1)
-    if raw.get("dedupe_num_perm") not in (None, ""):
-        options["dedupe_num_perm"] = _number(raw["dedupe_num_perm"], "dedupe_num_perm", int, 16, 1024)
     if options["val_fraction"] >= 1.0:
         raise ExportError("val_fraction: must be below 1 (some dialogues must stay in train)")
     if options["dedupe_threshold"] <= 0.0:
@@ -269,14 +269,13 @@ def _selection_counts(spec):
             "skipped_empty": counts["skipped_empty"]}
 
 
-def _rows(queryset):
-    """Every row of `queryset` (a values_list starting with id), in id order, in pages."""
+def _page_stream(queryset):
+    """Every row of `queryset` (a values_list starting with id), in id order, a page (list of rows) at a time."""
     pages = _pages(queryset)
     # Outside a transaction the next page is read by a helper thread (its own connection) while this one is
     # rendered: the database and Python work side by side. Inside one (a test, a caller's atomic block) another
     # connection could not see the rows, so the pages are read here.
-    for rows in (pages if connection.in_atomic_block else _read_ahead(pages)):
-        yield from rows
+    return pages if connection.in_atomic_block else _read_ahead(pages)
 
 
 def _pages(queryset):
@@ -351,30 +350,14 @@ def _read_ahead(pages, depth=2):
         worker.join()
 
 
-def _near_duplicates(export, spec):
-    """Ids to leave out: near-copies of a dialogue with a lower id (collection.filters.near_duplicate_groups)."""
-    from collection.filters import near_duplicate_groups
-
-    queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(
-        "id", "turns_text")
-
-    def texts():
-        for number, (pk, turns) in enumerate(_rows(queryset)):
-            if number % STREAM_CHUNK == 0:
-                export.beat()
-            yield pk, "\n".join(t["text"] for t in orjson.loads(turns))
-
-    groups = near_duplicate_groups(texts(), threshold=spec["dedupe_threshold"], num_perm=spec["dedupe_num_perm"])
-    return set(groups)
-
-
-def _shuffle_key(pk, seed_mix):
-    """A fixed 64-bit hash of (shuffle seed, id), SplitMix64's finaliser: the order is the same on every machine,
-    and adding rows keeps the relative order of the old ones."""
-    x = (pk + seed_mix) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
+def _shuffle_keys(ids, seed_mix):
+    """A fixed 64-bit hash of (shuffle seed, id) for each id, SplitMix64's finaliser: the order is the same on
+    every machine, and adding rows keeps the relative order of the old ones."""
+    with np.errstate(over="ignore"):
+        x = ids.astype(np.uint64) + np.uint64(seed_mix)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _split_is_validation(key, threshold):
@@ -387,14 +370,13 @@ def _split_is_validation(key, threshold):
 # --- write ------------------------------------------------------------------------------------------------
 
 def _write(export, workdir):
-    """Read the rows once, in id order (like COPY), render each as it comes, and write them: straight to the
-    file(s) in id order, or through the spool when shuffled (output order: by _shuffle_key)."""
+    """Read the rows once, in id order (like COPY), render each page as it comes, and write them: straight to the
+    file(s) in id order, or through the spool when shuffled or when near-duplicates are collapsed (which ones is
+    known only once every signature has been read; output order: by shuffle key, or by id)."""
     spec = export.spec
     started = time.monotonic()
     counts = _selection_counts(spec)
-    duplicates = _near_duplicates(export, spec) if spec["dedupe"] else set()
-    counts["collapsed_near_duplicates"] = len(duplicates)
-    total = max(counts["selected"] - counts["excluded_flagged"] - counts["skipped_empty"] - len(duplicates), 0)
+    total = max(counts["selected"] - counts["excluded_flagged"] - counts["skipped_empty"], 0)
     Export.objects.filter(pk=export.pk).update(total=total, progress=0, heartbeat_at=timezone.now())
     planned = time.monotonic()
 
@@ -403,92 +385,206 @@ def _write(export, workdir):
     threshold = int(val_fraction * 2**64)
     hf = export.format == formats.HF
     sink = export_hf.HfSink(workdir, splits) if hf else _TextSink(export.format, workdir, splits)
+    width = 5 if hf else 3
     fields = ["id", "topic", "turns_text"] + (["seed_set__name", "source"] if hf else [])
     if val_fraction > 0:
         fields.append("seed__text")
+    if spec["dedupe"]:
+        fields.append("minhash")
     queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(*fields)
-    width = 5 if hf else 3
-    spool = _Spool(workdir / "spool", total) if spec["shuffle"] else None
+    signatures = _Signatures(total, spec["dedupe_threshold"]) if spec["dedupe"] else None
+    spool = _Spool(workdir / "spool", total, ordered=not spec["shuffle"]) if spec["shuffle"] or signatures else None
     seed_mix = (spec["shuffle_seed"] * 0x9E3779B97F4A7C15) & _MASK64
     seen = 0
     next_report = time.monotonic() + PROGRESS_SECONDS
     try:
-        for row in _rows(queryset):
-            pk = row[0]
-            if pk in duplicates:
-                continue
-            flag = 0
+        for page in _page_stream(queryset):
+            ids = np.fromiter((row[0] for row in page), dtype=np.int64, count=len(page))
+            # Compact copies: orjson hands back each record in an 8 KB buffer, and a page of them is held at once.
+            pieces = [memoryview(sink.encode(row[:width])).tobytes() for row in page]
             if threshold:
-                seed_text = row[width]
-                flag = _split_is_validation(seed_text if seed_text is not None else row[1], threshold)
-            data = sink.encode(row[:width])
-            if spool is None:
-                sink.write_encoded(SPLITS[flag], data)
+                flags = np.fromiter((_split_is_validation(row[width] if row[width] is not None else row[1], threshold)
+                                     for row in page), dtype=np.uint8, count=len(page))
             else:
-                spool.add(_shuffle_key(pk, seed_mix), flag, data)
-            seen += 1
+                flags = np.zeros(len(page), dtype=np.uint8)
+            if signatures is not None:
+                signatures.add(ids, page)
+            if spool is None:
+                _write_by_split(sink, flags, pieces)
+            else:
+                spool.add(_shuffle_keys(ids, seed_mix) if spec["shuffle"] else ids.astype(np.uint64), ids, flags,
+                          pieces)
+            seen += len(page)
             if time.monotonic() >= next_report:
                 Export.objects.filter(pk=export.pk).update(progress=seen, heartbeat_at=timezone.now())
                 next_report = time.monotonic() + PROGRESS_SECONDS
         read = time.monotonic()
+        duplicates = np.empty(0, dtype=np.int64)
+        if signatures is not None:
+            duplicates = signatures.duplicates()
+            Export.objects.filter(pk=export.pk).update(total=seen - len(duplicates), heartbeat_at=timezone.now())
+            signatures = None  # its memory is free for the replay
+        deduped = time.monotonic()
         if spool is not None:
-            for flag, data in spool.replay():
-                sink.write_encoded(SPLITS[flag], data)
+            for flags, pieces in spool.replay(skip=duplicates):
+                _write_by_split(sink, flags, pieces)
     finally:
         files = sink.close()
         if spool is not None:
             spool.close()
+    counts["collapsed_near_duplicates"] = len(duplicates)
     counts.update(train=sink.written["train"], validation=sink.written.get("validation", 0),
                   written=sum(sink.written.values()))
     # Where the time went, for the page and the benchmark (not part of the file).
-    counts["seconds"] = {"count_and_dedupe": round(planned - started, 2), "read_and_render": round(read - planned, 2),
-                         "shuffle_and_finish": round(time.monotonic() - read, 2)}
+    counts["seconds"] = {"count": round(planned - started, 2), "read_and_render": round(read - planned, 2),
+                         "near_duplicates": round(deduped - read, 2),
+                         "shuffle_and_finish": round(time.monotonic() - deduped, 2)}
     return counts, files, getattr(sink, "digests", {})
 
 
-class _Spool:
-    """Puts rows read in id order into shuffled order without holding them in memory: each rendered row is
-    appended to the bucket file its shuffle key falls in (buckets are ranges of the 64-bit key, so they fill
-    evenly); then each bucket (a bounded slice of the output) is read, sorted by key and written. Two sequential
-    passes over local disk instead of one random database read per row. Per row, memory keeps its key, length and
-    split: 13 bytes."""
+def _write_by_split(sink, flags, pieces):
+    """Hand a run of rendered rows to the sink, each to its split (flags: 0 train, 1 validation)."""
+    if not flags.any():
+        sink.write_many(SPLITS[0], pieces)
+        return
+    for flag, split in enumerate(SPLITS):
+        chosen = np.flatnonzero(flags == flag).tolist()
+        if chosen:
+            sink.write_many(split, [pieces[i] for i in chosen])
 
-    def __init__(self, folder, total):
+
+class _Signatures:
+    """What the near-duplicate collapse keeps of each row read: its id and LSH band keys (collection.filters.
+    band_keys, 48 bytes a row at the default threshold), from the stored Dialogue.minhash (the corpus pass stores it
+    after every run and import) or, for a dialogue new or edited since, from a signature computed here from the
+    text read (kept aside, not stored: an export only reads). Candidate pairs are confirmed at the end against
+    their full signatures, read back by id."""
+
+    def __init__(self, expected, threshold):
+        self.threshold = threshold
+        self.bands = lsh_bands(threshold)
+        self.ids = np.empty(expected, dtype=np.int64)
+        self.keys = np.empty((expected, self.bands[0]), dtype=np.uint32)
+        self.count = 0
+        self.computed = {}  # id -> signature bytes, for the rows without a stored one
+
+    def add(self, ids, page):
+        """One page of rows (minhash last), in id order."""
+        values = np.empty((len(page), MINHASH_PERM), dtype=np.uint8)
+        stored = [row[-1] for row in page]
+        ready = [i for i, value in enumerate(stored) if value is not None and len(value) == MINHASH_PERM]
+        if ready:
+            values[ready] = np.frombuffer(b"".join(stored[i] for i in ready), dtype=np.uint8).reshape(-1, MINHASH_PERM)
+        if len(ready) < len(page):
+            missing = sorted(set(range(len(page))) - set(ready))
+            values[missing] = minhash_bytes("\n".join(t["text"] for t in orjson.loads(page[i][2])) for i in missing)
+            self.computed.update((int(ids[i]), values[i].tobytes()) for i in missing)
+        with_words = has_signature(values)  # a dialogue without words is never grouped
+        self._append(ids[with_words], band_keys(values[with_words], self.bands))
+
+    def _append(self, ids, keys):
+        end = self.count + len(ids)
+        if end > len(self.ids):  # more rows than counted at the start (approved meanwhile)
+            grow = max(end, 2 * len(self.ids))
+            self.ids = np.resize(self.ids, grow)
+            self.keys = np.resize(self.keys, (grow, self.keys.shape[1]))
+        self.ids[self.count:end] = ids
+        self.keys[self.count:end] = keys
+        self.count = end
+
+    def duplicates(self):
+        """Sorted ids to leave out: near-copies of a dialogue with a lower id."""
+        ids = self.ids[:self.count]
+        groups = candidate_groups(ids, self.keys[:self.count], self._confirm)
+        return np.array(sorted(groups), dtype=np.int64)
+
+    def _confirm(self, left, right):
+        wanted = np.unique(np.concatenate((self.ids[left], self.ids[right]))).tolist()
+        found = dict(self.computed)
+        for start in range(0, len(wanted), STREAM_CHUNK):
+            found.update(Dialogue.objects.filter(pk__in=wanted[start:start + STREAM_CHUNK], minhash__isnull=False)
+                         .values_list("pk", "minhash"))
+        # A dialogue whose signature is gone (edited since it was read) is not confirmed: both are kept.
+        none = bytes([0]) * MINHASH_PERM
+        left_values, right_values = (
+            np.frombuffer(b"".join(bytes(found.get(pk) or none) for pk in self.ids[side].tolist()), dtype=np.uint8)
+            .reshape(len(side), MINHASH_PERM) for side in (left, right))
+        known = np.array([found.get(pk) is not None for pk in self.ids[left].tolist()]) & np.array(
+            [found.get(pk) is not None for pk in self.ids[right].tolist()])
+        return known & similar(left_values, right_values, self.threshold)
+
+
+class _Spool:
+    """Puts rendered rows into their output order without holding them in memory, and leaves out the rows found
+    to be near-duplicates once all are read. Shuffled: each row is appended to the bucket file its shuffle key
+    falls in (buckets are ranges of the 64-bit key, so they fill evenly); each bucket (a bounded slice of the
+    output) is then read, sorted by key and written. In id order (`ordered`): one file, read back in slices.
+    Two sequential passes over local disk instead of one random database read per row. Per row, memory keeps its
+    key, id, length and split: 21 bytes."""
+
+    REPLAY_ROWS = 10_000  # rows per slice when replaying the ordered file
+
+    def __init__(self, folder, total, *, ordered=False):
         folder.mkdir()
-        needed = min(MAX_BUCKETS, max(1, -(-total // BUCKET_ROWS)))
+        needed = 1 if ordered else min(MAX_BUCKETS, max(1, -(-total // BUCKET_ROWS)))
         # 2**bits buckets (a power of two, at most MAX_BUCKETS): the top bits of the key pick one.
         self.bits = min((needed - 1).bit_length(), MAX_BUCKETS.bit_length() - 1)
+        self.ordered = ordered
         count = 1 << self.bits
         self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 16) for n in range(count)]
         self.keys = [array("Q") for _ in range(count)]
+        self.ids = [array("q") for _ in range(count)]
         self.lengths = [array("I") for _ in range(count)]
         self.flags = [bytearray() for _ in range(count)]
 
-    def add(self, key, flag, data):
-        bucket = key >> (64 - self.bits) if self.bits else 0
-        self.files[bucket].write(data)
-        self.keys[bucket].append(key)
-        self.lengths[bucket].append(len(data))
-        self.flags[bucket].append(flag)
+    def add(self, keys, ids, flags, pieces):
+        """One page of rows: their sort keys (uint64), ids, split flags and rendered bytes."""
+        if self.bits:
+            buckets = (keys >> np.uint64(64 - self.bits)).astype(np.intp)
+            order = np.argsort(buckets, kind="stable")
+            bounds = np.flatnonzero(np.diff(buckets[order])) + 1
+            runs = np.split(order, bounds)
+        else:
+            runs = [np.arange(len(pieces))]
+        for rows in runs:
+            bucket = int(keys[rows[0]] >> np.uint64(64 - self.bits)) if self.bits else 0
+            chosen = [pieces[i] for i in rows.tolist()]
+            self.files[bucket].write(b"".join(chosen))
+            self.keys[bucket].frombytes(keys[rows].tobytes())
+            self.ids[bucket].frombytes(ids[rows].tobytes())
+            self.lengths[bucket].extend(map(len, chosen))
+            self.flags[bucket] += flags[rows].tobytes()
 
-    def replay(self):
-        """(split flag, data) in output order: by key, and by id (arrival order) for equal keys."""
+    def replay(self, skip):
+        """(split flags, pieces) runs in output order (by key, and by id for equal keys), without the ids in `skip`
+        (sorted)."""
         for number, handle in enumerate(self.files):
             handle.close()
             path = Path(handle.name)
-            keys, lengths, flags = self.keys[number], self.lengths[number], self.flags[number]
-            self.keys[number] = self.lengths[number] = self.flags[number] = None
-            if not flags:
-                path.unlink()
-                continue
-            blob = memoryview(path.read_bytes())
-            path.unlink()
-            sizes = np.frombuffer(lengths, dtype=np.uint32).astype(np.int64)
+            keys, ids, lengths, flags = (np.frombuffer(column[number], dtype=dtype) for column, dtype in (
+                (self.keys, np.uint64), (self.ids, np.int64), (self.lengths, np.uint32), (self.flags, np.uint8)))
+            self.keys[number] = self.ids[number] = self.lengths[number] = self.flags[number] = None
+            sizes = lengths.astype(np.int64)
             starts = np.cumsum(sizes) - sizes
-            order = np.argsort(np.frombuffer(keys, dtype=np.uint64), kind="stable")
-            for row, start, size in zip(order.tolist(), starts[order].tolist(), sizes[order].tolist()):
-                yield flags[row], blob[start:start + size]
-            del blob, sizes, starts, order
+            if self.ordered:
+                yield from self._replay_in_slices(path, ids, flags, starts, sizes, skip)
+            elif len(ids):
+                order = np.argsort(keys, kind="stable")
+                order = order[~np.isin(ids[order], skip, assume_unique=True)] if len(skip) else order
+                blob = memoryview(path.read_bytes())
+                yield flags[order], [blob[a:a + n] for a, n in zip(starts[order].tolist(), sizes[order].tolist())]
+                del blob
+            path.unlink()
+
+    def _replay_in_slices(self, path, ids, flags, starts, sizes, skip):
+        with open(path, "rb") as handle:
+            for begin in range(0, len(ids), self.REPLAY_ROWS):
+                rows = np.arange(begin, min(begin + self.REPLAY_ROWS, len(ids)))
+                blob = memoryview(handle.read(int(sizes[rows].sum())))
+                offsets = (starts[rows] - starts[begin]).tolist()
+                keep = np.flatnonzero(~np.isin(ids[rows], skip, assume_unique=True)) if len(skip) else np.arange(
+                    len(rows))
+                yield flags[rows][keep], [blob[offsets[i]:offsets[i] + int(sizes[begin + i])] for i in keep.tolist()]
 
     def close(self):
         for handle in self.files:
@@ -511,9 +607,9 @@ class _TextSink:
         _, topic, turns = row
         return self.encoder.encode(topic=topic, turns=orjson.loads(turns))
 
-    def write_encoded(self, split, data):
-        self.writers[split].write_encoded(data)
-        self.written[split] += 1
+    def write_many(self, split, pieces):
+        self.writers[split].write_many(pieces)
+        self.written[split] += len(pieces)
 
     def close(self):
         for split, writer in self.writers.items():
@@ -537,15 +633,25 @@ class _HashingFile:
         self.buffer = bytearray()
 
     def write(self, data):
+        if len(data) >= self.BLOCK:  # already a block: no copy into the buffer
+            self._flush()
+            self._put(data)
+            return
         self.buffer += data
         if len(self.buffer) >= self.BLOCK:
             self._flush()
 
     def _flush(self):
-        self.sha256.update(self.buffer)
-        self.size += len(self.buffer)
-        self.file.write(self.buffer)
-        self.buffer.clear()
+        if self.buffer:
+            self._put(self.buffer)
+            self.buffer.clear()
+
+    def _put(self, data):
+        self.sha256.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        while view:  # an unbuffered write may take less than it was given
+            view = view[self.file.write(view):]
 
     def close(self):
         if not self.file.closed:

@@ -277,16 +277,6 @@ def _signatures(texts, a, b):
     return out
 
 
-def _lsh_bands(threshold, num_perm):
-    """(bands, rows per band) from datasketch's MinHashLSH optimiser, weighted toward recall: datasketch's default
-    weighs misses and false candidates equally and misses a quarter of the pairs at J=0.9 for threshold 0.85,
-    while here a false candidate only costs one signature comparison."""
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-    return lsh.b, lsh.r
-
-
 def _fmix64(h):
     h ^= h >> np.uint64(33)
     h *= np.uint64(0xFF51AFD7ED558CCD)
@@ -337,41 +327,88 @@ def signature_groups(ids, signatures, *, threshold=0.85):
     """{duplicate id: kept id} for integer ids and their minhash_bytes signatures (one row each): clusters of
     texts whose estimated Jaccard similarity of word shingles is >= threshold, linked transitively; the lowest id
     of each cluster is kept and is not a key. Texts without words are never grouped; a repeated id counts once
-    (its first row).
-
-    Candidates are rows sharing an LSH band (band sizes from datasketch's MinHashLSH optimiser), one band at a
-    time so memory stays at the signatures plus a few arrays of one number a row; each candidate pair is confirmed
-    by the estimated Jaccard."""
+    (its first row)."""
     ids = np.asarray(ids, dtype=np.int64)
     signatures = np.asarray(signatures, dtype=np.uint8)
-    has_words = ~(signatures == _NO_WORDS).all(axis=1)
-    ids, signatures = ids[has_words], signatures[has_words]
-    unique_ids, first = np.unique(ids, return_index=True)  # sorted: a cluster's lowest row is its lowest id
-    if len(unique_ids) < 2:
+    has_words = has_signature(signatures)
+    if not (has_words.all() and np.all(ids[1:] > ids[:-1])):
+        # Drop texts without words and repeated ids, and sort by id.
+        kept = np.flatnonzero(has_words)
+        unique_ids, first = np.unique(ids[kept], return_index=True)
+        ids, signatures = unique_ids, signatures[kept[first]]
+    keys = band_keys(signatures, lsh_bands(threshold, signatures.shape[1]))
+    return candidate_groups(ids, keys, lambda left, right: similar(signatures[left], signatures[right], threshold))
+
+
+def lsh_bands(threshold, num_perm=MINHASH_PERM):
+    """(bands, rows per band) from datasketch's MinHashLSH optimiser, weighted toward recall: datasketch's default
+    weighs misses and false candidates equally and misses a quarter of the pairs at J=0.9 for threshold 0.85,
+    while here a false candidate only costs one signature comparison."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    return lsh.b, lsh.r
+
+
+def has_signature(signatures, rows=65_536):
+    """Rows of minhash_bytes signatures that are not "no words" (all _NO_WORDS), a slice at a time."""
+    return np.concatenate([(signatures[start:start + rows] != _NO_WORDS).any(axis=1)
+                           for start in range(0, len(signatures), rows)] or [np.empty(0, dtype=bool)])
+
+
+def band_keys(signatures, bands):
+    """uint32 [texts, bands]: one hash of each LSH band's values (equal bands give equal keys). 32 bits: a million
+    texts share a key by chance about a hundred times a band, each one false candidate that `similar` rejects;
+    48 bytes a text at the default threshold instead of the signature's 128 (what the export holds)."""
+    count, rows = bands
+    keys = np.empty((len(signatures), count), dtype=np.uint32)
+    for band in range(count):
+        keys[:, band] = _band_key(signatures[:, band * rows:(band + 1) * rows])
+    return keys
+
+
+def similar(left, right, threshold):
+    """Whether each pair of signature rows (uint8 [pairs, num_perm] each) has estimated Jaccard >= threshold."""
+    matches = np.count_nonzero(left == right, axis=1) / left.shape[1]
+    return (matches - _CHANCE_MATCH) / (1 - _CHANCE_MATCH) >= threshold
+
+
+CONFIRM_PAIRS = 50_000  # candidate pairs confirmed at once: [pairs, 128] signature copies stay around 13 MB
+
+
+def candidate_groups(ids, keys, confirm):
+    """{duplicate id: kept id} over texts with sorted unique `ids` and their band_keys: rows sharing a band's key
+    are candidates, `confirm(left_rows, right_rows)` -> bool array says which pairs are near-duplicates (asked
+    CONFIRM_PAIRS at a time), clusters link transitively and keep their lowest id."""
+    if len(ids) < 2:
         return {}
-    ids, signatures = unique_ids, signatures[first]
-    num_perm = signatures.shape[1]
-    bands, rows = _lsh_bands(threshold, num_perm)
-
-    labels = np.arange(len(ids))  # each row's lowest known row in its cluster
-    for band in range(bands):
-        left, right = _band_candidates(_band_key(signatures[:, band * rows:(band + 1) * rows]))
-        if not len(left):
-            continue
-        matches = np.count_nonzero(signatures[left] == signatures[right], axis=1) / num_perm
-        similar = (matches - _CHANCE_MATCH) / (1 - _CHANCE_MATCH) >= threshold
-        _link(labels, left[similar], right[similar])
-
-    duplicates = np.flatnonzero(labels != np.arange(len(ids)))
-    return dict(zip(ids[duplicates].tolist(), ids[labels[duplicates]].tolist()))
+    found = [_band_candidates(keys[:, band]) for band in range(keys.shape[1])]
+    left, right = (np.concatenate(side) for side in zip(*found))
+    # The same pair found by several bands is confirmed once.
+    pairs = np.unique(left.astype(np.uint64) << np.uint64(32) | right.astype(np.uint64))
+    left, right = (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    if not len(left):
+        return {}
+    confirmed = np.concatenate([confirm(left[start:start + CONFIRM_PAIRS], right[start:start + CONFIRM_PAIRS])
+                                for start in range(0, len(left), CONFIRM_PAIRS)])
+    left, right = left[confirmed], right[confirmed]
+    # Clusters over the rows in some pair only, renumbered 0..k-1 in row (so id) order.
+    rows_in_pairs, renumbered = np.unique(np.concatenate((left, right)), return_inverse=True)
+    labels = np.arange(len(rows_in_pairs))  # each row's lowest known row in its cluster
+    _link(labels, renumbered[:len(left)], renumbered[len(left):])
+    duplicates = np.flatnonzero(labels != np.arange(len(labels)))
+    kept_ids = ids[rows_in_pairs]
+    return dict(zip(kept_ids[duplicates].tolist(), kept_ids[labels[duplicates]].tolist()))
 
 
 def _band_key(band):
-    """One uint64 per row for a band of 8-bit values (equal bands give equal keys)."""
+    """One uint64 per row for a band of 8-bit values, computed in place: one number a row of memory."""
     keys = np.zeros(len(band), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in band.T:
-            keys = keys * np.uint64(0x100000001B3) + column.astype(np.uint64) + np.uint64(1)
+            keys *= np.uint64(0x100000001B3)
+            np.add(keys, column, out=keys, casting="unsafe")
+            keys += np.uint64(1)
         return _fmix64(keys)
 
 

@@ -168,6 +168,16 @@ class CorpusWriter:
             self.file.write(b"\n")
         self.count += 1
 
+    def write_many(self, lines):
+        """Write records rendered by encode (bytes or memoryviews), in order, with one write."""
+        if not lines:
+            return
+        if self.fmt == BAIZE:
+            self.file.write((b",\n" if self.count else b"\n") + b",\n".join(lines))
+        else:
+            self.file.write(b"\n".join(lines) + b"\n")
+        self.count += len(lines)
+
     def close(self):
         if not self._closed and self.fmt == BAIZE:
             self.file.write(b"\n]\n")

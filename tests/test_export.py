@@ -302,7 +302,7 @@ def test_it_refuses_a_bad_spec_naming_the_field(db, fmt, spec, words):
 def test_it_fills_in_every_option_in_the_recorded_spec(db):
     spec = export_spec_clean({"seed_set": "3", "include_flagged": "on", "val_fraction": "0.1"})
     assert spec == {"seed_set": 3, "status": "approved", "include_flagged": True, "dedupe": True,
-                    "dedupe_threshold": 0.85, "dedupe_num_perm": 128, "val_fraction": 0.1, "shuffle": True,
+                    "dedupe_threshold": 0.85, "val_fraction": 0.1, "shuffle": True,
                     "shuffle_seed": 0}
 
 
