@@ -57,6 +57,8 @@ class HfSink:
         self.roles = _strings(pa, _ROLES)
         self.chat_roles = _strings(pa, [formats.OPENAI_ROLE[role] for role in _ROLES])
         self.split_columns = {split: _strings(pa, [split] * HF_BATCH_ROWS) for split in splits}
+        # Positions in "m", as Arrow scalars (a Python int would be converted through pandas).
+        self.meta_positions = list(pa.Array.from_buffers(pa.int32(), 3, [None, pa.py_buffer(array("i", [0, 1, 2]))]))
 
         self.root = workdir / "files"
         (self.root / "parquet").mkdir(parents=True)
@@ -122,9 +124,9 @@ class HfSink:
         # A slice of the full column would carry its whole value buffer into the Arrow file: a new one, exact.
         split_column = self.split_columns[split] if rows == HF_BATCH_ROWS else _strings(pa, [split] * rows)
         meta = table.column("m").chunk(0)
-        topic, seed_set, source = (self.pc.list_element(meta, n) for n in range(3))
-        batch = pa.RecordBatch.from_arrays([table.column("id").chunk(0), topic, messages, seed_set, source, split_column],
-                                           schema=self.schema)
+        topic, seed_set, source = (self.pc.list_element(meta, n) for n in self.meta_positions)
+        batch = pa.RecordBatch.from_arrays(
+            [table.column("id").chunk(0), topic, messages, seed_set, source, split_column], schema=self.schema)
         self.batches[split].append(batch)
         self.written[split] += rows
         if len(self.batches[split]) >= HF_WRITE_BATCHES:
@@ -281,7 +283,8 @@ def _json_values(text):
 
 
 def _strings(pa, values):
-    """A string array of `values`, built from its buffers: pa.array on Python objects imports pandas (50 MB)."""
+    """A string array of `values`, built from its buffers: pa.array on Python objects imports pandas (50 MB of
+    memory, when the export must stay under 300 MB)."""
     data = [value.encode("utf-8") for value in values]
     offsets = array("i", [0])
     for item in data:

@@ -1,0 +1,207 @@
+"""The Hugging Face export's own work, without the database: collection.export_hf.HfSink against the sink it
+replaced (the per-row Python version, copied below as OldHfSink, for comparison only).
+
+    .venv/bin/python bench/export_hf_sink.py [--n 200000 1000000] [--batch 3000] [--sinks old new] [--repeat 1]
+
+Rows are made in memory like bench/export.py's (4 turns, about 1,200 characters in all, non-ASCII and quotes),
+with the turns as the JSON text Postgres gives for jsonb, a batch at a time so the input does not count in the
+memory figure. Each (sink, N) runs in a fresh child process that times encode of every row, write_many in batches
+of --batch rows and close(), and reports the seconds spent in those calls (making the rows is not counted) and
+its peak RSS (ru_maxrss); cpu_s is the CPU time of all the process's threads in those calls (Arrow parses on
+two threads, and a writer thread writes), steadier than wall seconds when the machine is shared (the load
+average is printed with each run; --repeat runs each (sink, N) again, in turn). Every file the sinks write is
+compared byte for byte (same_bytes). Needs no Django settings and no database.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from collection import formats  # noqa: E402
+from collection.export_hf import HF_SHARD, HfSink  # noqa: E402
+
+OLD_BATCH_ROWS = 2_000
+
+
+class OldHfSink:
+    """FOR COMPARISON ONLY: the sink collection/exporting.py had before collection/export_hf.py (a dict per
+    message, orjson.loads twice per row, RecordBatch.from_pydict), with write_many added as a loop."""
+
+    def __init__(self, workdir, splits):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.pa = pa
+        self.schema = formats.hf_schema()
+        self.root = workdir / "files"
+        (self.root / "parquet").mkdir(parents=True)
+        self.arrow_paths = {split: self.root / "dataset" / split / HF_SHARD for split in splits}
+        for path in self.arrow_paths.values():
+            path.parent.mkdir(parents=True)
+        self.sinks = {split: pa.OSFile(str(path), "wb") for split, path in self.arrow_paths.items()}
+        self.streams = {split: pa.ipc.new_stream(self.sinks[split], self.schema) for split in splits}
+        self.parquet = {split: pq.ParquetWriter(str(self.root / "parquet" / f"{split}.parquet"), self.schema,
+                                                compression="zstd") for split in splits}
+        self.buffers = {split: self._empty() for split in splits}
+        self.written = dict.fromkeys(splits, 0)
+        self.closed = False
+
+    def _empty(self):
+        return {name: [] for name in self.schema.names}
+
+    def encode(self, row):
+        return orjson.dumps(row)
+
+    def write_many(self, split, pieces):
+        for data in pieces:
+            self.write_encoded(split, data)
+
+    def write_encoded(self, split, data):
+        pk, topic, turns, seed_set, source = orjson.loads(data)
+        self.written[split] += 1
+        buffer = self.buffers[split]
+        buffer["id"].append(pk)
+        buffer["topic"].append(topic)
+        buffer["messages"].append(formats.hf_messages(orjson.loads(turns)))
+        buffer["seed_set"].append(seed_set)
+        buffer["source"].append(source)
+        buffer["split"].append(split)
+        if len(buffer["id"]) >= OLD_BATCH_ROWS:
+            self._flush(split)
+
+    def _flush(self, split):
+        buffer = self.buffers[split]
+        if buffer["id"]:
+            batch = self.pa.RecordBatch.from_pydict(buffer, schema=self.schema)
+            self.streams[split].write_batch(batch)
+            self.parquet[split].write_batch(batch)
+        self.buffers[split] = self._empty()
+
+    def close(self):
+        if self.closed:
+            return {}
+        self.closed = True
+        for split in self.streams:
+            self._flush(split)
+            self.streams[split].close()
+            self.sinks[split].close()
+            self.parquet[split].close()
+        info = json.dumps(formats.hf_dataset_info())
+        for split, path in self.arrow_paths.items():
+            (path.parent / "dataset_info.json").write_text(info, encoding="utf-8")
+            state = {
+                "_data_files": [{"filename": HF_SHARD}], "_fingerprint": _file_sha256(path)[:16],
+                "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                "_output_all_columns": False, "_split": split,
+            }
+            (path.parent / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+        (self.root / "dataset" / "dataset_dict.json").write_text(json.dumps({"splits": list(self.arrow_paths)}),
+                                                                encoding="utf-8")
+        return {"dataset": self.root / "dataset",
+                **{f"parquet/{s}": self.root / "parquet" / f"{s}.parquet" for s in self.streams}}
+
+
+SINKS = {"old": OldHfSink, "new": HfSink}
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def md5(number):
+    return hashlib.md5(str(number).encode()).hexdigest()
+
+
+def make_rows(start, stop):
+    """Rows (id, topic, turns_text, seed_set, source) like bench/export.py's, turns as Postgres prints jsonb."""
+    rows = []
+    for g in range(start, stop):
+        turns = [
+            {"role": "human", "text": f"Question {g} about {md5(g)}?"},
+            {"role": "ai", "text": (md5(g + 1) + " ") * 14 + 'Ünïcödé ✓ "quoted"'},
+            {"role": "human", "text": f"And a follow-up on {md5(g + 2)}?"},
+            {"role": "ai", "text": (md5(g + 3) + " ") * 16 + "\nDone."},
+        ]
+        text = json.dumps(turns, ensure_ascii=False)  # jsonb text: ", " and ": " separators, UTF-8 as is
+        rows.append((g, f"How do I keep item {g} in shape? {md5(g)[:8]}", text, "bench-export", "generated"))
+    return rows
+
+
+def child(kind, n, batch, folder):
+    sink = SINKS[kind](Path(folder), ("train",))
+    encoding = writing = cpu = 0.0
+    encode = sink.encode
+    for start in range(1, n + 1, batch):
+        rows = make_rows(start, min(start + batch, n + 1))
+        began, began_cpu = time.perf_counter(), time.process_time()
+        pieces = [encode(row) for row in rows]
+        encoded = time.perf_counter()
+        sink.write_many("train", pieces)
+        encoding += encoded - began
+        writing += time.perf_counter() - encoded
+        cpu += time.process_time() - began_cpu
+    began, began_cpu = time.perf_counter(), time.process_time()
+    files = sink.close()
+    closing = time.perf_counter() - began
+    cpu += time.process_time() - began_cpu
+    arrow = Path(folder) / "files" / "dataset" / "train" / HF_SHARD
+    written = sorted(p for p in (Path(folder) / "files").rglob("*") if p.is_file())
+    print(json.dumps({
+        "seconds": round(encoding + writing + closing, 2), "encode_s": round(encoding, 2),
+        "write_many_s": round(writing, 2), "close_s": round(closing, 2), "cpu_s": round(cpu, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "pandas_imported": "pandas" in sys.modules,  # pyarrow imports it to convert Python objects: 50 MB
+        "rows": sink.written["train"], "arrow_bytes": arrow.stat().st_size,
+        "parquet_bytes": files["parquet/train"].stat().st_size,
+        "sha256": {str(p.relative_to(folder)): _file_sha256(p) for p in written},
+    }))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--batch", type=int, default=3_000)
+    parser.add_argument("--sinks", nargs="+", choices=list(SINKS), default=list(SINKS))
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--child", nargs=3, metavar=("SINK", "N", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, n, folder = args.child
+        child(kind, int(n), args.batch, folder)
+        return
+    print(json.dumps({"python": platform.python_version(), "cpus": os.cpu_count(),
+                      "load_average_before": [round(x, 2) for x in os.getloadavg()]}))
+    for n in args.n:
+        digests = {}
+        for _ in range(args.repeat):
+            for kind in args.sinks:
+                with tempfile.TemporaryDirectory(prefix="bench-hf-") as folder:
+                    out = subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--child", kind,
+                                          str(n), folder], capture_output=True, text=True, check=True).stdout
+                result = json.loads(out)
+                digests[kind] = json.dumps(result.pop("sha256"), sort_keys=True)
+                print(json.dumps({"sink": kind, "n": n, **result,
+                                  "load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
+        if len(digests) > 1:
+            # Every file (Arrow, Parquet, metadata) the same, byte for byte, whichever sink wrote it.
+            print(json.dumps({"n": n, "same_bytes": len(set(digests.values())) == 1}))
+
+
+if __name__ == "__main__":
+    main()
