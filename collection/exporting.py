@@ -60,10 +60,9 @@ from collection.selection import SelectionError, clean_spec, select_dialogues
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 2000  # rows per keyset page
-# The shuffle spool: about one bucket file per BUCKET_ROWS rows (a power of two, at most MAX_BUCKETS), so
-# replaying one bucket holds about 15 MB (10,000 rows of ~1.5 KB) at a million dialogues.
-BUCKET_ROWS = 10_000
-MAX_BUCKETS = 256
+# The shuffle spool: 2**SPOOL_BUCKET_BITS bucket files, so replaying one bucket holds 1/256 of the export (about
+# 5 MB at a million dialogues of ~1.3 KB; 50 MB at ten million).
+SPOOL_BUCKET_BITS = 8
 PROGRESS_SECONDS = 1.0
 DEFAULT_OPTIONS = {
     "include_flagged": False,
@@ -260,13 +259,52 @@ def _candidates(spec):
 
 def _selection_counts(spec):
     """How many dialogues the filters match, and how many of them are left out as flagged or without turns: one
-    aggregate query, before the rows are read."""
+    aggregate query. Postgres's JIT is off for it: compiling this plain count costs more than it saves."""
     excludes = _excludes_flagged(spec)
     empty = Q(num_turns=0, is_flagged=False) if excludes else Q(num_turns=0)
-    counts = select_dialogues(_selection_of(spec)).order_by().aggregate(
-        selected=Count("id"), flagged=Count("id", filter=Q(is_flagged=True)), skipped_empty=Count("id", filter=empty))
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+        counts = select_dialogues(_selection_of(spec)).order_by().aggregate(
+            selected=Count("id"), flagged=Count("id", filter=Q(is_flagged=True)),
+            skipped_empty=Count("id", filter=empty))
     return {"selected": counts["selected"], "excluded_flagged": counts["flagged"] if excludes else 0,
             "skipped_empty": counts["skipped_empty"]}
+
+
+def _count_beside(export, spec):
+    """Count the selection (and set the row's total for the progress bar) in a helper thread with its own
+    connection while the rows are read, instead of a full pass before the read starts. Returns a function that
+    waits for the counts. Inside a transaction another connection could not see the rows: counted here."""
+    def count():
+        counts = _selection_counts(spec)
+        total = max(counts["selected"] - counts["excluded_flagged"] - counts["skipped_empty"], 0)
+        Export.objects.filter(pk=export.pk).update(total=total, heartbeat_at=timezone.now())
+        return counts
+
+    if connection.in_atomic_block:
+        counts = count()
+        return lambda: counts
+    result = {}
+
+    def work():
+        try:
+            result["counts"] = count()
+        except BaseException as error:  # noqa: BLE001 - raised by the waiting thread
+            result["error"] = error
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    worker = threading.Thread(target=work, name=f"export-count-{export.pk}", daemon=True)
+    worker.start()
+
+    def wait():
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        return result["counts"]
+    return wait
 
 
 def _page_stream(queryset):
@@ -375,10 +413,8 @@ def _write(export, workdir):
     known only once every signature has been read; output order: by shuffle key, or by id)."""
     spec = export.spec
     started = time.monotonic()
-    counts = _selection_counts(spec)
-    total = max(counts["selected"] - counts["excluded_flagged"] - counts["skipped_empty"], 0)
-    Export.objects.filter(pk=export.pk).update(total=total, progress=0, heartbeat_at=timezone.now())
-    planned = time.monotonic()
+    Export.objects.filter(pk=export.pk).update(total=0, progress=0, heartbeat_at=timezone.now())
+    counted = _count_beside(export, spec)
 
     val_fraction = spec["val_fraction"]
     splits = SPLITS if val_fraction > 0 else ("train",)
@@ -392,8 +428,8 @@ def _write(export, workdir):
     if spec["dedupe"]:
         fields.append("minhash")
     queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(*fields)
-    signatures = _Signatures(total, spec["dedupe_threshold"]) if spec["dedupe"] else None
-    spool = _Spool(workdir / "spool", total, ordered=not spec["shuffle"]) if spec["shuffle"] or signatures else None
+    signatures = _Signatures(spec["dedupe_threshold"]) if spec["dedupe"] else None
+    spool = _Spool(workdir / "spool", ordered=not spec["shuffle"]) if spec["shuffle"] or signatures else None
     seed_mix = (spec["shuffle_seed"] * 0x9E3779B97F4A7C15) & _MASK64
     seen = 0
     next_report = time.monotonic() + PROGRESS_SECONDS
@@ -419,6 +455,7 @@ def _write(export, workdir):
                 Export.objects.filter(pk=export.pk).update(progress=seen, heartbeat_at=timezone.now())
                 next_report = time.monotonic() + PROGRESS_SECONDS
         read = time.monotonic()
+        counts = counted()
         duplicates = np.empty(0, dtype=np.int64)
         if signatures is not None:
             duplicates = signatures.duplicates()
@@ -436,7 +473,7 @@ def _write(export, workdir):
     counts.update(train=sink.written["train"], validation=sink.written.get("validation", 0),
                   written=sum(sink.written.values()))
     # Where the time went, for the page and the benchmark (not part of the file).
-    counts["seconds"] = {"count": round(planned - started, 2), "read_and_render": round(read - planned, 2),
+    counts["seconds"] = {"read_and_render": round(read - started, 2),
                          "near_duplicates": round(deduped - read, 2),
                          "shuffle_and_finish": round(time.monotonic() - deduped, 2)}
     return counts, files, getattr(sink, "digests", {})
@@ -460,12 +497,10 @@ class _Signatures:
     text read (kept aside, not stored: an export only reads). Candidate pairs are confirmed at the end against
     their full signatures, read back by id."""
 
-    def __init__(self, expected, threshold):
+    def __init__(self, threshold):
         self.threshold = threshold
         self.bands = lsh_bands(threshold)
-        self.ids = np.empty(expected, dtype=np.int64)
-        self.keys = np.empty((expected, self.bands[0]), dtype=np.uint32)
-        self.count = 0
+        self.id_pages, self.key_pages = [], []
         self.computed = {}  # id -> signature bytes, for the rows without a stored one
 
     def add(self, ids, page):
@@ -480,22 +515,17 @@ class _Signatures:
             values[missing] = minhash_bytes("\n".join(t["text"] for t in orjson.loads(page[i][2])) for i in missing)
             self.computed.update((int(ids[i]), values[i].tobytes()) for i in missing)
         with_words = has_signature(values)  # a dialogue without words is never grouped
-        self._append(ids[with_words], band_keys(values[with_words], self.bands))
-
-    def _append(self, ids, keys):
-        end = self.count + len(ids)
-        if end > len(self.ids):  # more rows than counted at the start (approved meanwhile)
-            grow = max(end, 2 * len(self.ids))
-            self.ids = np.resize(self.ids, grow)
-            self.keys = np.resize(self.keys, (grow, self.keys.shape[1]))
-        self.ids[self.count:end] = ids
-        self.keys[self.count:end] = keys
-        self.count = end
+        self.id_pages.append(ids[with_words])
+        self.key_pages.append(band_keys(values[with_words], self.bands))
 
     def duplicates(self):
         """Sorted ids to leave out: near-copies of a dialogue with a lower id."""
-        ids = self.ids[:self.count]
-        groups = candidate_groups(ids, self.keys[:self.count], self._confirm)
+        self.ids = np.concatenate(self.id_pages or [np.empty(0, dtype=np.int64)])
+        self.id_pages = None
+        # One band's keys at a time, gathered from the pages: never a second copy of all of them.
+        bands = (np.concatenate([keys[:, band] for keys in self.key_pages]) for band in range(self.bands[0]))
+        groups = candidate_groups(self.ids, bands, self._confirm)
+        self.key_pages = None
         return np.array(sorted(groups), dtype=np.int64)
 
     def _confirm(self, left, right):
@@ -524,14 +554,13 @@ class _Spool:
 
     REPLAY_ROWS = 10_000  # rows per slice when replaying the ordered file
 
-    def __init__(self, folder, total, *, ordered=False):
+    def __init__(self, folder, *, ordered=False):
         folder.mkdir()
-        needed = 1 if ordered else min(MAX_BUCKETS, max(1, -(-total // BUCKET_ROWS)))
-        # 2**bits buckets (a power of two, at most MAX_BUCKETS): the top bits of the key pick one.
-        self.bits = min((needed - 1).bit_length(), MAX_BUCKETS.bit_length() - 1)
+        # 2**bits buckets: the top bits of the key pick one.
+        self.bits = 0 if ordered else SPOOL_BUCKET_BITS
         self.ordered = ordered
         count = 1 << self.bits
-        self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 16) for n in range(count)]
+        self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 14) for n in range(count)]
         self.keys = [array("Q") for _ in range(count)]
         self.ids = [array("q") for _ in range(count)]
         self.lengths = [array("I") for _ in range(count)]
@@ -622,20 +651,26 @@ class _TextSink:
 
 class _HashingFile:
     """A binary file that keeps the sha256 and size of what is written to it. Small writes are gathered into
-    1 MB blocks first: hashing and writing a block costs far less than a call per record."""
+    1 MB blocks; a helper thread hashes and writes the blocks (both release the interpreter), so the caller goes
+    on rendering meanwhile. An error in the helper is raised by the next write or close."""
 
     BLOCK = 1 << 20
+    QUEUED_BLOCKS = 2
 
     def __init__(self, path):
         self.file = open(path, "wb", buffering=0)
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.buffer = bytearray()
+        self.blocks = queue.Queue(maxsize=self.QUEUED_BLOCKS)
+        self.error = None
+        self.thread = threading.Thread(target=self._drain, name=f"export-writer-{path.name}", daemon=True)
+        self.thread.start()
 
     def write(self, data):
-        if len(data) >= self.BLOCK:  # already a block: no copy into the buffer
+        if len(data) >= self.BLOCK:  # already a block: handed on without a copy
             self._flush()
-            self._put(data)
+            self._put(data if isinstance(data, bytes) else bytes(data))
             return
         self.buffer += data
         if len(self.buffer) >= self.BLOCK:
@@ -643,20 +678,38 @@ class _HashingFile:
 
     def _flush(self):
         if self.buffer:
-            self._put(self.buffer)
-            self.buffer.clear()
+            block, self.buffer = self.buffer, bytearray()
+            self._put(block)
 
-    def _put(self, data):
-        self.sha256.update(data)
-        self.size += len(data)
-        view = memoryview(data)
-        while view:  # an unbuffered write may take less than it was given
-            view = view[self.file.write(view):]
+    def _put(self, block):
+        if self.error is not None:
+            raise self.error
+        self.blocks.put(block)
+
+    def _drain(self):
+        while (block := self.blocks.get()) is not None:
+            if self.error is not None:
+                continue  # keep taking blocks so the writer never blocks; the error is raised there
+            try:
+                self.sha256.update(block)
+                self.size += len(block)
+                view = memoryview(block)
+                while view:  # an unbuffered write may take less than it was given
+                    view = view[self.file.write(view):]
+            except OSError as error:
+                self.error = error
 
     def close(self):
-        if not self.file.closed:
+        if self.file.closed:
+            return
+        try:
             self._flush()
+        finally:
+            self.blocks.put(None)
+            self.thread.join()
             self.file.close()
+        if self.error is not None:
+            raise self.error
 
     def digest(self):
         return self.sha256.hexdigest(), self.size

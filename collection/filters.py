@@ -336,7 +336,8 @@ def signature_groups(ids, signatures, *, threshold=0.85):
         kept = np.flatnonzero(has_words)
         unique_ids, first = np.unique(ids[kept], return_index=True)
         ids, signatures = unique_ids, signatures[kept[first]]
-    keys = band_keys(signatures, lsh_bands(threshold, signatures.shape[1]))
+    count, rows = lsh_bands(threshold, signatures.shape[1])
+    keys = (_band_key(signatures[:, band * rows:(band + 1) * rows]) for band in range(count))
     return candidate_groups(ids, keys, lambda left, right: similar(signatures[left], signatures[right], threshold))
 
 
@@ -376,13 +377,14 @@ def similar(left, right, threshold):
 CONFIRM_PAIRS = 50_000  # candidate pairs confirmed at once: [pairs, 128] signature copies stay around 13 MB
 
 
-def candidate_groups(ids, keys, confirm):
-    """{duplicate id: kept id} over texts with sorted unique `ids` and their band_keys: rows sharing a band's key
-    are candidates, `confirm(left_rows, right_rows)` -> bool array says which pairs are near-duplicates (asked
-    CONFIRM_PAIRS at a time), clusters link transitively and keep their lowest id."""
+def candidate_groups(ids, bands, confirm):
+    """{duplicate id: kept id} over texts with sorted unique `ids`, given their LSH band keys one band at a time
+    (`bands`: an iterable of arrays, one key per text, so only one band need be in memory): rows sharing a band's
+    key are candidates, `confirm(left_rows, right_rows)` -> bool array says which pairs are near-duplicates
+    (asked CONFIRM_PAIRS at a time), clusters link transitively and keep their lowest id."""
     if len(ids) < 2:
         return {}
-    found = [_band_candidates(keys[:, band]) for band in range(keys.shape[1])]
+    found = [_band_candidates(keys) for keys in bands]
     left, right = (np.concatenate(side) for side in zip(*found))
     # The same pair found by several bands is confirmed once.
     pairs = np.unique(left.astype(np.uint64) << np.uint64(32) | right.astype(np.uint64))

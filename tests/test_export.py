@@ -123,10 +123,9 @@ def test_it_gives_the_same_file_whatever_the_page_and_bucket_sizes(artifacts, db
     make_dialogue(seed_set, turns=turns_for(99), status="rejected")  # inside the id range, not selected
     spec = {"val_fraction": 0.3, "shuffle_seed": 11, "dedupe": False}
     big = artifact_bytes(run_export(fmt="baize", **spec))
-    # Many keyset pages and many spool buckets (instead of one of each) must not change a byte.
+    # Many keyset pages and few spool buckets (instead of one page and many buckets) must not change a byte.
     monkeypatch.setattr(exporting, "STREAM_CHUNK", 7)
-    monkeypatch.setattr(exporting, "BUCKET_ROWS", 4)
-    monkeypatch.setattr(exporting, "MAX_BUCKETS", 5)
+    monkeypatch.setattr(exporting, "SPOOL_BUCKET_BITS", 2)
     small = run_export(fmt="baize", **spec)
     assert artifact_bytes(small) == big
     assert small.counts["written"] == 60
