@@ -75,9 +75,7 @@ DEFAULT_OPTIONS = {
 SPLITS = ("train", "validation")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-# A fixed file date (local noon, 2000-01-01), so a zip's bytes depend only on its content.
 _MASK64 = (1 << 64) - 1
-_ZIP_EPOCH = time.mktime((2000, 1, 1, 12, 0, 0, 0, 0, -1))
 
 
 class ExportError(ValueError):
@@ -171,10 +169,9 @@ def export_execute(export_id, *, out=None):
     try:
         with keep_alive(export):
             counts, files, digests = _write(export, workdir)
-            artifact, name = _package(export, workdir, files)
+            artifact, name, (sha256, size) = _package(export, workdir, files, digests)
             if out is not None:
                 counts["out"] = [str(p) for p in _deliver(export, files, Path(out))]
-            sha256, size = digests.get(artifact) or _digest(artifact)
             path = _store(artifact, f"exports/{export.pk}/{name}")
         Export.objects.filter(pk=export.pk).update(path=path, sha256=sha256, size_bytes=size, counts=counts,
                                                    progress=counts["written"])
@@ -671,15 +668,19 @@ class _HashingFile:
         if len(data) >= self.BLOCK:  # already a block: handed on without a copy
             self._flush()
             self._put(data if isinstance(data, bytes) else bytes(data))
-            return
-        self.buffer += data
-        if len(self.buffer) >= self.BLOCK:
-            self._flush()
+        else:
+            self.buffer += data
+            if len(self.buffer) >= self.BLOCK:
+                self._flush()
+        return len(data)
 
     def _flush(self):
         if self.buffer:
             block, self.buffer = self.buffer, bytearray()
             self._put(block)
+
+    def flush(self):
+        """Nothing to do: the helper writes the blocks, and close() waits for it (zipfile calls this)."""
 
     def _put(self, block):
         if self.error is not None:
@@ -717,26 +718,38 @@ class _HashingFile:
 
 # --- package, deliver, store ---------------------------------------------------------------------------------
 
-def _package(export, workdir, files):
-    """The artifact: the single file, or a zip of everything (split exports and the Hugging Face dataset)."""
+def _package(export, workdir, files, digests):
+    """The artifact, its name and its (sha256, size): the single file, or a zip of everything (split exports and
+    the Hugging Face dataset)."""
     base = f"baize-export-{export.pk}-{export.format}"
     if export.format != formats.HF and len(files) == 1:
         path = next(iter(files.values()))
-        return path, base + path.suffix
+        return path, base + path.suffix, digests.get(path) or _digest(path)
     archive = workdir / "artifact.zip"
-    _zip_folder(workdir / "files", archive)
-    return archive, base + ".zip"
+    return archive, base + ".zip", _zip_folder(workdir / "files", archive)
+
+
+_ZIP_DATE = (2000, 1, 1, 12, 0, 0)  # a fixed entry date, so a zip's bytes depend only on its content
 
 
 def _zip_folder(folder, archive):
-    """Deterministic zip: sorted entries with fixed dates and permissions. Stored, not deflated, like the single
-    file of an unsplit export: compressing a gigabyte would cost more time than the whole export."""
+    """Deterministic zip: sorted entries with fixed dates and permissions, hashed as it is written (returns its
+    (sha256, size)). Stored, not deflated, like the single file of an unsplit export: compressing a gigabyte would
+    cost more time than the whole export. The hashing file cannot seek, so zipfile writes each entry's sizes after
+    its data instead of going back for them."""
     entries = sorted(p for p in folder.rglob("*") if p.is_file())
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for path in entries:
-            os.chmod(path, 0o644)
-            os.utime(path, (_ZIP_EPOCH, _ZIP_EPOCH))
-            zf.write(path, path.relative_to(folder).as_posix())
+    target = _HashingFile(archive)
+    try:
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for path in entries:
+                info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_ZIP_DATE)
+                info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+                info.file_size = path.stat().st_size  # lets zipfile choose ZIP64 for a large entry up front
+                with open(path, "rb") as source, zf.open(info, "w") as entry:
+                    shutil.copyfileobj(source, entry, _HashingFile.BLOCK)
+    finally:
+        target.close()
+    return target.digest()
 
 
 def output_paths(fmt, out, splits):
