@@ -166,6 +166,24 @@ def test_it_collapses_near_duplicates_unless_told_not_to(artifacts, db):
     assert export.counts["collapsed_near_duplicates"] == 0 and export.counts["written"] == 3
 
 
+def test_it_collapses_near_duplicates_with_the_stored_signatures_and_hashes_the_rest(artifacts, db):
+    from collection.filters import dialogue_signatures
+
+    seed_set = make_seed_set()
+    first, second, third, fourth = (make_dialogue(seed_set, turns=turns_for(i), status="approved")
+                                    for i in (1, 2, 3, 4))
+    dialogue_signatures(Dialogue.objects.all())  # what the corpus pass stores
+    # The export trusts a stored signature: given first's, second counts as its copy...
+    Dialogue.objects.filter(pk=second.pk).update(minhash=Dialogue.objects.get(pk=first.pk).minhash)
+    # ...and hashes a dialogue without one (new or edited) from the text it reads: fourth is now a copy of third.
+    Dialogue.objects.filter(pk=fourth.pk).update(turns=third.turns, minhash=None)
+    export = run_export(shuffle=False)
+    assert export.counts["collapsed_near_duplicates"] == 2
+    assert [r["messages"] for r in jsonl(artifact_bytes(export))] == [
+        formats.openai_record(turns=d.turns)["messages"] for d in (first, third)]
+    assert Dialogue.objects.get(pk=fourth.pk).minhash is None  # an export only reads
+
+
 def test_it_skips_dialogues_without_turns(artifacts, db):
     seed_set = make_seed_set()
     make_dialogue(seed_set, status="approved")
