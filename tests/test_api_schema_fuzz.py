@@ -98,9 +98,10 @@ def real_ids(case, workspace):
             if isinstance(value, int) and not isinstance(value, bool) and value % 4:
                 case.body[name] = workspace[prefix][value % len(workspace[prefix])]
         version = case.body.get("expected_version")
-        if case.path.endswith("/review/") and isinstance(version, int) and version % 2:
+        dialogue_id = case.path_parameters.get("id")
+        if case.path.endswith("/review/") and isinstance(version, int) and version % 2 and isinstance(dialogue_id, int):
             # Half the review actions name the version the dialogue is at, so they get past the 409.
-            current = Dialogue.objects.filter(pk=case.path_parameters.get("id")).values_list("version", flat=True)
+            current = Dialogue.objects.filter(pk=dialogue_id).values_list("version", flat=True)
             case.body["expected_version"] = current.first() or version
 
 
