@@ -526,19 +526,24 @@ class _Signatures:
         return np.array(sorted(groups), dtype=np.int64)
 
     def _confirm(self, left, right):
-        wanted = np.unique(np.concatenate((self.ids[left], self.ids[right]))).tolist()
-        found = dict(self.computed)
-        for start in range(0, len(wanted), STREAM_CHUNK):
-            found.update(Dialogue.objects.filter(pk__in=wanted[start:start + STREAM_CHUNK], minhash__isnull=False)
-                         .values_list("pk", "minhash"))
+        """Which candidate pairs (row numbers) are near-duplicates, by their full signatures."""
+        signatures = self._signatures_of(np.unique(np.concatenate((self.ids[left], self.ids[right]))).tolist())
+        lefts, rights = ([signatures.get(pk) for pk in self.ids[side].tolist()] for side in (left, right))
         # A dialogue whose signature is gone (edited since it was read) is not confirmed: both are kept.
-        none = bytes([0]) * MINHASH_PERM
-        left_values, right_values = (
-            np.frombuffer(b"".join(bytes(found.get(pk) or none) for pk in self.ids[side].tolist()), dtype=np.uint8)
-            .reshape(len(side), MINHASH_PERM) for side in (left, right))
-        known = np.array([found.get(pk) is not None for pk in self.ids[left].tolist()]) & np.array(
-            [found.get(pk) is not None for pk in self.ids[right].tolist()])
-        return known & similar(left_values, right_values, self.threshold)
+        known = np.array([a is not None and b is not None for a, b in zip(lefts, rights)], dtype=bool)
+        blank = bytes(MINHASH_PERM)
+        lefts, rights = (np.frombuffer(b"".join(bytes(value or blank) for value in side), dtype=np.uint8)
+                         .reshape(-1, MINHASH_PERM) for side in (lefts, rights))
+        return known & similar(lefts, rights, self.threshold)
+
+    def _signatures_of(self, ids):
+        """{id: signature} for these ids: computed here, else stored."""
+        found = {pk: self.computed[pk] for pk in ids if pk in self.computed}
+        stored = [pk for pk in ids if pk not in found]
+        for start in range(0, len(stored), STREAM_CHUNK):
+            found.update(Dialogue.objects.filter(pk__in=stored[start:start + STREAM_CHUNK], minhash__isnull=False)
+                         .values_list("pk", "minhash"))
+        return found
 
 
 class _Spool:
