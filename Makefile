@@ -8,7 +8,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/baize_eval
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test worker migrate demo bench browser services clean
+.PHONY: run test worker fake-llm migrate demo bench browser services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ run: demo
 
 worker: $(VENV)/.installed
 	$(BIN)/celery -A baize_eval worker -B -Q generation,default --pool threads --concurrency 8 -l info
+
+# A local stand-in for an OpenAI-compatible server on the demo's "local" endpoint (127.0.0.1:8001): try a
+# generation run without an API key or a GPU. Its answers are canned self-chat text.
+fake-llm: $(VENV)/.installed-dev
+	$(BIN)/python tests/fake_openai.py --port 8001 --latency 0.2
 
 # Debian's Chromium drives the browser tests; nothing is downloaded by Playwright itself.
 browser:
