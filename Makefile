@@ -36,7 +36,7 @@ worker: $(VENV)/.installed
 
 # A local stand-in for an OpenAI-compatible server on the demo's "local" endpoint (127.0.0.1:8001): try a
 # generation run without an API key or a GPU. Its answers are canned self-chat text.
-fake-llm: $(VENV)/.installed-dev
+fake-llm: $(VENV)/.installed
 	$(BIN)/python tests/fake_openai.py --port 8001 --latency 0.2
 
 # Debian's Chromium drives the browser tests; nothing is downloaded by Playwright itself.
