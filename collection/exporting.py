@@ -51,6 +51,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from collection import export_hf, formats
+from collection.background import read_ahead
 from collection.filters import (
     MINHASH_PERM, band_keys, candidate_groups, has_signature, lsh_bands, minhash_bytes, similar,
 )
@@ -310,7 +311,7 @@ def _page_stream(queryset):
     # Outside a transaction the next page is read by a helper thread (its own connection) while this one is
     # rendered: the database and Python work side by side. Inside one (a test, a caller's atomic block) another
     # connection could not see the rows, so the pages are read here.
-    return pages if connection.in_atomic_block else _read_ahead(pages)
+    return pages if connection.in_atomic_block else read_ahead(pages, name="export-read-ahead")
 
 
 def _pages(queryset):
@@ -340,49 +341,6 @@ def _raw_page(sql, params):
             cursor.execute(sql, [*params, last])
             return cursor.fetchall()
     return fetch
-
-
-_DONE = object()
-
-
-def _read_ahead(pages, depth=2):
-    """Iterate `pages` in a helper thread, at most `depth` pages ahead; its errors are raised here."""
-    ready = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(item):
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for page in pages:
-                if not offer(page):
-                    return
-            offer(_DONE)
-        except BaseException as error:  # noqa: BLE001 - handed to the reading thread, which raises it
-            offer(error)
-        finally:
-            connections.close_all()  # this thread's own connection
-
-    worker = threading.Thread(target=work, name="export-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _shuffle_keys(ids, seed_mix):

@@ -15,10 +15,8 @@ demo) they go in with bulk_create(ignore_conflicts=True).
 import contextlib
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +26,7 @@ from django.core.files.storage import default_storage
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from collection.background import read_ahead
 from collection.models import Import, JobStatus, Seed, SeedSet, normalize_seed_text, seed_hash
 from collection.readers import FORMATS, ReaderError, iter_texts
 
@@ -256,7 +255,7 @@ def _insert_postgres(seed_set_id, rows, job_id, *, after_batch):
             f"CREATE TEMPORARY TABLE {staging} (ord bigint, text text, text_hash varchar(40), source_ref text) "
             "ON COMMIT DROP"
         )
-        for copy_text in _in_background(_copy_batches(rows)):
+        for copy_text in read_ahead(_copy_batches(rows), name="seed-import-reader"):
             with cursor.copy(f"COPY {staging} (ord, text, text_hash, source_ref) FROM STDIN") as copy:
                 copy.write(copy_text)
             # The first occurrence in the file wins (ORDER BY ord), so ids and source_ref follow the file; rows
@@ -290,50 +289,6 @@ def _copy_batches(rows):
             lines = []
     if lines:
         yield "".join(lines)
-
-
-def _in_background(items, depth=2):
-    """Iterate `items` in a thread, handing them over a bounded queue; its exceptions re-raise here.
-
-    Waiting for the database releases the GIL, so the thread reads the next batch meanwhile. The thread does not
-    touch the database.
-    """
-    handover = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(message):
-        while not stop.is_set():
-            try:
-                handover.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-            put(("done", None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(("error", exc))
-        finally:
-            items.close()
-
-    thread = threading.Thread(target=produce, name="seed-import-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = handover.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _insert_bulk(seed_set, rows):
