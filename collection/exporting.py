@@ -752,15 +752,8 @@ def _store(artifact, name):
 
 
 def _digest(path):
-    return _file_sha256(path), os.path.getsize(path)
-
-
-def _file_sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest(), os.path.getsize(path)
 
 
 def _temp_root():
