@@ -5,12 +5,13 @@ replaced (the per-row Python version, copied below as OldHfSink, for comparison 
 
 Rows are made in memory like bench/export.py's (4 turns, about 1,200 characters in all, non-ASCII and quotes),
 with the turns as the JSON text Postgres gives for jsonb, a batch at a time so the input does not count in the
-memory figure. Each (sink, N) runs in a fresh child process that times encode of every row, write_many in batches
-of --batch rows and close(), and reports the seconds spent in those calls (making the rows is not counted) and
-its peak RSS (ru_maxrss); cpu_s is the CPU time of all the process's threads in those calls (Arrow parses on
-two threads, and a writer thread writes), steadier than wall seconds when the machine is shared (the load
-average is printed with each run; --repeat runs each (sink, N) again, in turn). Every file the sinks write is
-compared byte for byte (same_bytes). Needs no Django settings and no database.
+memory figure. Each (sink, N) runs in a fresh child process: encode of every row, write_many in batches of
+--batch rows, close(). It reports its wall and CPU totals (CPU: every thread of the process), the seconds spent
+inside the sink's calls, and its peak RSS (ru_maxrss). A baseline child that only makes the rows runs first;
+sink_s and sink_cpu_s are a run's totals less the baseline's: the sink's own cost, counting what its writer
+thread does while the next rows are made. CPU seconds are steadier than wall seconds when the machine is shared
+(the load average is printed with each run; --repeat runs each (sink, N) again, in turn). Every file the sinks
+write is compared byte for byte (same_bytes). Needs no Django settings and no database.
 """
 import argparse
 import hashlib
@@ -113,7 +114,23 @@ class OldHfSink:
                 **{f"parquet/{s}": self.root / "parquet" / f"{s}.parquet" for s in self.streams}}
 
 
-SINKS = {"old": OldHfSink, "new": HfSink}
+class NoSink:
+    """The baseline: the rows are made, nothing is written. Subtracted from the others' totals."""
+
+    def __init__(self, workdir, splits):
+        self.written = dict.fromkeys(splits, 0)
+
+    def encode(self, row):
+        return b""
+
+    def write_many(self, split, pieces):
+        self.written[split] += len(pieces)
+
+    def close(self):
+        return {}
+
+
+SINKS = {"none": NoSink, "old": OldHfSink, "new": HfSink}
 
 
 def _file_sha256(path):
@@ -145,39 +162,45 @@ def make_rows(start, stop):
 
 def child(kind, n, batch, folder):
     sink = SINKS[kind](Path(folder), ("train",))
-    encoding = writing = cpu = 0.0
+    encoding = writing = 0.0
     encode = sink.encode
+    started, started_cpu = time.perf_counter(), _cpu_seconds()
     for start in range(1, n + 1, batch):
         rows = make_rows(start, min(start + batch, n + 1))
-        began, began_cpu = time.perf_counter(), time.process_time()
+        began = time.perf_counter()
         pieces = [encode(row) for row in rows]
         encoded = time.perf_counter()
         sink.write_many("train", pieces)
         encoding += encoded - began
         writing += time.perf_counter() - encoded
-        cpu += time.process_time() - began_cpu
-    began, began_cpu = time.perf_counter(), time.process_time()
+    began = time.perf_counter()
     files = sink.close()
     closing = time.perf_counter() - began
-    cpu += time.process_time() - began_cpu
-    arrow = Path(folder) / "files" / "dataset" / "train" / HF_SHARD
+    total, total_cpu = time.perf_counter() - started, _cpu_seconds() - started_cpu
     written = sorted(p for p in (Path(folder) / "files").rglob("*") if p.is_file())
     print(json.dumps({
-        "seconds": round(encoding + writing + closing, 2), "encode_s": round(encoding, 2),
-        "write_many_s": round(writing, 2), "close_s": round(closing, 2), "cpu_s": round(cpu, 2),
+        "total_s": round(total, 2), "total_cpu_s": round(total_cpu, 2),
+        "in_calls_s": round(encoding + writing + closing, 2), "encode_s": round(encoding, 2),
+        "write_many_s": round(writing, 2), "close_s": round(closing, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "pandas_imported": "pandas" in sys.modules,  # pyarrow imports it to convert Python objects: 50 MB
-        "rows": sink.written["train"], "arrow_bytes": arrow.stat().st_size,
-        "parquet_bytes": files["parquet/train"].stat().st_size,
+        "rows": sink.written["train"],
+        "bytes": {name: path.stat().st_size for name, path in files.items() if path.is_file()},
         "sha256": {str(p.relative_to(folder)): _file_sha256(p) for p in written},
     }))
+
+
+def _cpu_seconds():
+    """User + system time of this process, all its threads (Arrow's and the sink's writer thread included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[200_000, 1_000_000])
     parser.add_argument("--batch", type=int, default=3_000)
-    parser.add_argument("--sinks", nargs="+", choices=list(SINKS), default=list(SINKS))
+    parser.add_argument("--sinks", nargs="+", choices=list(SINKS)[1:], default=list(SINKS)[1:])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--child", nargs=3, metavar=("SINK", "N", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,13 +213,21 @@ def main():
     for n in args.n:
         digests = {}
         for _ in range(args.repeat):
-            for kind in args.sinks:
+            baseline = None
+            for kind in ["none", *args.sinks]:
                 with tempfile.TemporaryDirectory(prefix="bench-hf-") as folder:
                     out = subprocess.run([sys.executable, __file__, "--batch", str(args.batch), "--child", kind,
                                           str(n), folder], capture_output=True, text=True, check=True).stdout
                 result = json.loads(out)
+                if kind == "none":
+                    baseline = result
+                    continue
                 digests[kind] = json.dumps(result.pop("sha256"), sort_keys=True)
-                print(json.dumps({"sink": kind, "n": n, **result,
+                # The sink's own cost: the run's totals less the baseline's (making the rows), so work the
+                # writer thread does while the next rows are made is counted, in CPU time at least.
+                added = {"sink_s": round(result["total_s"] - baseline["total_s"], 2),
+                         "sink_cpu_s": round(result["total_cpu_s"] - baseline["total_cpu_s"], 2)}
+                print(json.dumps({"sink": kind, "n": n, **added, **result,
                                   "load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
         if len(digests) > 1:
             # Every file (Arrow, Parquet, metadata) the same, byte for byte, whichever sink wrote it.

@@ -5,7 +5,7 @@ it) and a Parquet file per split, both with the columns of formats.hf_schema().
 Rows arrive as the export reads them, at a million dialogues, so the per-row work is small: `encode` makes a JSON
 line with the turns JSON spliced in unparsed; `write_many` parses HF_BATCH_ROWS lines at a time with Arrow's JSON
 reader and builds the messages column with Arrow compute (roles mapped as formats.hf_messages maps them), all in
-C, instead of a Python dict per message; a writer thread writes the batches to the files meanwhile. The files
+C, instead of a Python dict per message; a writer thread writes each batch to the files meanwhile. The files
 depend only on the rows and their order: batches are always HF_BATCH_ROWS rows, however the caller groups them,
 and they are the bytes pyarrow writes for the same rows built from Python (tests/test_export_hf.py).
 """
@@ -23,7 +23,6 @@ from collection import formats
 
 HF_BATCH_ROWS = 2_000
 HF_SHARD = "data-00000-of-00001.arrow"  # one shard per split; load_from_disk takes any size
-HF_WRITE_BATCHES = 4  # batches per table handed to the writer thread (about 10 MB at 1.3 KB a row)
 # Our turn roles, in the order of the chat roles they become (formats.OPENAI_ROLE).
 _ROLES = tuple(formats.OPENAI_ROLE)
 
@@ -34,8 +33,8 @@ class HfSink:
 
     encode((id, topic, turns_text, seed_set_name, source)) -> bytes, once per row as it is read (turns_text is
     the turns column as JSON text); write_many(split, pieces) with those bytes, in output order; close() -> the
-    files written. `written` counts rows per split. This thread parses the rows into record batches (Arrow's
-    JSON reader, on two threads); a writer thread (_Writer) writes them to the files."""
+    files written. `written` counts rows per split. This thread parses the rows into record batches; a writer
+    thread (_Writer) writes them to the files meanwhile."""
 
     def __init__(self, workdir, splits):
         import pyarrow as pa
@@ -68,10 +67,9 @@ class HfSink:
         self.parquet_paths = {split: self.root / "parquet" / f"{split}.parquet" for split in splits}
         self.writer = _Writer(pa, pq, self.schema, self.arrow_paths, self.parquet_paths)
         # Rows of the next batch not parsed yet: one block of JSON lines (copied, so the caller may reuse the
-        # memory its pieces point into) and how many rows it holds; batches parsed, not yet handed to the writer.
+        # memory its pieces point into) and how many rows it holds.
         self.held = dict.fromkeys(splits, b"")
         self.held_rows = dict.fromkeys(splits, 0)
-        self.batches = {split: [] for split in splits}
         self.written = dict.fromkeys(splits, 0)
         self.files = None
 
@@ -106,7 +104,7 @@ class HfSink:
         self.write_many(split, [data])
 
     def _add_batch(self, split, block, rows):
-        """Parse `rows` JSON lines into one record batch; hand batches to the writer HF_WRITE_BATCHES at a time."""
+        """Parse `rows` JSON lines into one record batch and hand it to the writer."""
         pa = self.pa
         table = self._parse(block, rows)
         turns = table.column("turns").chunk(0)
@@ -127,19 +125,14 @@ class HfSink:
         topic, seed_set, source = (self.pc.list_element(meta, n) for n in self.meta_positions)
         batch = pa.RecordBatch.from_arrays(
             [table.column("id").chunk(0), topic, messages, seed_set, source, split_column], schema=self.schema)
-        self.batches[split].append(batch)
+        self.writer.put(split, batch)
         self.written[split] += rows
-        if len(self.batches[split]) >= HF_WRITE_BATCHES:
-            self._hand_over(split)
-
-    def _hand_over(self, split):
-        if self.batches[split]:
-            self.writer.put(split, self.pa.Table.from_batches(self.batches[split], schema=self.schema))
-            self.batches[split] = []
 
     def _parse(self, block, rows):
-        """The rows of `block` (JSON lines) as a table in one chunk. Two blocks, so both cores parse."""
-        read_options = self.pa_json.ReadOptions(use_threads=True, block_size=len(block) // 2 + 1)
+        """The rows of `block` (JSON lines) as a table in one chunk. On this thread alone: parsing on two threads
+        took more CPU time and 15 MB more memory, and was no faster once the writer thread and the database
+        reader have the other core."""
+        read_options = self.pa_json.ReadOptions(use_threads=False, block_size=len(block) + 1)
         try:
             table = self.pa_json.read_json(self.pa.BufferReader(block), read_options=read_options,
                                            parse_options=self.parse_options)
@@ -164,7 +157,6 @@ class HfSink:
                     block, rows = self.held[split] + b"\n", self.held_rows[split]
                     self.held[split], self.held_rows[split] = b"", 0
                     self._add_batch(split, block, rows)
-                self._hand_over(split)
         finally:
             digests = self.writer.finish()
             self.files = {"dataset": self.root / "dataset",
@@ -194,11 +186,12 @@ class HfSink:
 
 
 class _Writer:
-    """Writes tables of record batches, in the order given, to each split's Arrow stream file and Parquet file
-    (a row group per batch), and hashes the Arrow file as it grows (the fingerprint in state.json), on a thread of
-    its own: while it writes, the export's thread parses the next rows. Each table is a few batches, so the
-    thread waits for the interpreter lock a few times per 10,000 rows, not per call; the queue holds one table,
-    so memory stays bounded. An error on the thread is raised by the next put or by finish."""
+    """Writes record batches, in the order given, to each split's Arrow stream file and Parquet file (a row group
+    per batch), and hashes the Arrow file as it grows (the fingerprint in state.json), on a thread of its own:
+    while it writes, the export's thread parses the next rows. pyarrow lets go of the interpreter lock while it
+    writes and hashlib while it hashes, so the two run side by side. The queue holds one batch: memory stays
+    bounded, and a writer that falls behind holds up the parsing. An error on the thread is raised by the next put
+    or by finish."""
 
     def __init__(self, pa, pq, schema, arrow_paths, parquet_paths):
         self.sinks, self.streams, self.parquet, self.readers, self.hashes, self.hashed = {}, {}, {}, {}, {}, {}
@@ -217,9 +210,9 @@ class _Writer:
         self.thread = threading.Thread(target=self._run, name="export-hf-writer", daemon=True)
         self.thread.start()
 
-    def put(self, split, table):
+    def put(self, split, batch):
         self._raise()
-        self.queue.put((split, table))
+        self.queue.put((split, batch))
 
     def finish(self):
         """Wait for the writes, close the files; the sha256 of each split's Arrow file. Raises the thread's
@@ -240,11 +233,11 @@ class _Writer:
         while (job := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # drain, so put never blocks; finish raises the error
-            split, table = job
+            split, batch = job
             try:
-                self.streams[split].write_table(table)
+                self.streams[split].write_batch(batch)
                 self._hash(split)
-                self.parquet[split].write_table(table, row_group_size=HF_BATCH_ROWS)
+                self.parquet[split].write_batch(batch)
             except BaseException as error:  # noqa: BLE001 - raised on the export's thread
                 self.error = error
 
