@@ -512,7 +512,7 @@ class _Spool:
     Two sequential passes over local disk instead of one random database read per row. Per row, memory keeps its
     key, id, length and split: 21 bytes."""
 
-    REPLAY_ROWS = 10_000  # rows per slice when replaying the ordered file
+    REPLAY_ROWS = 3_000  # rows per slice when replaying the ordered file (a shuffled bucket holds about as many)
 
     def __init__(self, folder, *, ordered=False):
         folder.mkdir()
