@@ -134,11 +134,8 @@ SINKS = {"none": NoSink, "old": OldHfSink, "new": HfSink}
 
 
 def _file_sha256(path):
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def md5(number):
