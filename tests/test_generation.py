@@ -170,12 +170,19 @@ def test_it_stops_at_the_token_budget_with_overshoot_at_most_the_requests_in_fli
 
 def test_it_holds_a_usd_budget_between_the_calls_of_a_turns_dialogue(celery_worker, fake_openai):
     fake_openai.script = lambda request, index: selfchat_script(request, index, human_turns=10)
-    run = start_run(fake_openai, seeds=20, mode="turns", max_turns=10, concurrency=2, budget_usd="0.0005")
+    # The budget must not depend on how the dialogues' calls interleave. It buys more than the opening questions of
+    # all 20 seeds, so it cannot be spent before some dialogue has had an answer (open dialogues share the slots
+    # first come, first served: a smaller budget could go on opening questions alone). It buys less than the first
+    # 19 of a dialogue's 20 calls (about $0.004 here), so no dialogue can finish before it runs out.
+    budget = Decimal("0.0025")
+    run = start_run(fake_openai, seeds=20, mode="turns", max_turns=10, concurrency=2, budget_usd=str(budget))
     run = wait_finished(run, celery_worker)
     run = assert_accounted(run, allow_pending=True)
     assert run.status == "succeeded" and run.budget_exhausted
     costs = list(ledger(run).values_list("cost_usd", flat=True))
-    assert Decimal("0.0005") <= run.cost_usd <= Decimal("0.0005") + run.concurrency * max(costs)
+    opening = min(ledger(run).filter(purpose="human").values_list("cost_usd", flat=True))
+    assert 20 * opening < budget, "the budget no longer outlasts every opening question; raise it"
+    assert budget <= run.cost_usd <= budget + run.concurrency * max(costs)
     # Dialogues stopped between their calls: the budget is checked before each call, not each seed.
     stopped = [d for d in Dialogue.objects.filter(run=run) if d.generation.get("stopped") == "budget"]
     assert stopped and all(len(d.turns) < 20 for d in stopped)
