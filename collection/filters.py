@@ -13,6 +13,7 @@ import re
 import threading
 import zlib
 from array import array
+from functools import lru_cache
 
 import numpy as np
 
@@ -61,10 +62,10 @@ LANGUAGE_MAX_EXPECTED = 0.05
 ECHO_THRESHOLD = 0.8
 
 # near_duplicate: word shingles hashed into MinHash signatures (datasketch's "affine32" scheme, computed for many
-# dialogues at once with numpy), candidates from MinHashLSH, confirmed by the estimated Jaccard.
+# dialogues at once with numpy), candidates from LSH bands sized as datasketch's MinHashLSH sizes them, confirmed by
+# the estimated Jaccard.
 SHINGLE_WORDS = 3
 MINHASH_SEED = 1
-MINHASH_SCHEME = "affine32"
 LSH_WEIGHTS = (0.05, 0.95)  # (false candidates, missed pairs)
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
@@ -186,11 +187,17 @@ def check_dialogue(*, turns, parse_error="", finish_reason="", seed_text="", lan
     return hits
 
 
-def _minhash_permutations(num_perm):
-    from datasketch import MinHash
+# datasketch is the reference for the MinHash values and the LSH bands, but it is not imported at run time: its
+# package imports scipy (64 MB in every worker process, a fifth of the export's memory budget). The two small
+# pieces below are written the way datasketch 2.0 computes them; tests/test_filters.py checks both against it.
 
-    a, b = MinHash(num_perm=num_perm, seed=MINHASH_SEED, scheme=MINHASH_SCHEME).permutations
-    return a.astype(np.uint32), b.astype(np.uint32)
+def _minhash_permutations(num_perm):
+    """The permutations (a, b) of datasketch's MinHash(num_perm, seed=MINHASH_SEED, scheme="affine32"): drawn from
+    numpy's RandomState as datasketch draws them, `a` odd."""
+    generator = np.random.RandomState(MINHASH_SEED)
+    a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
 
 
 def _fmix32(hv):
@@ -341,14 +348,24 @@ def signature_groups(ids, signatures, *, threshold=0.85):
     return candidate_groups(ids, keys, lambda left, right: similar(signatures[left], signatures[right], threshold))
 
 
+@lru_cache(maxsize=64)
 def lsh_bands(threshold, num_perm=MINHASH_PERM):
-    """(bands, rows per band) from datasketch's MinHashLSH optimiser, weighted toward recall: datasketch's default
-    weighs misses and false candidates equally and misses a quarter of the pairs at J=0.9 for threshold 0.85,
-    while here a false candidate only costs one signature comparison."""
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-    return lsh.b, lsh.r
+    """(bands, rows per band) as datasketch's MinHashLSH(threshold, num_perm, weights=LSH_WEIGHTS) picks them: of
+    every bands x rows that fits in num_perm, the one with the least weighted sum of the false-candidate area
+    (similarity below the threshold) and the missed area (above it) under the LSH S-curve; integrated with numpy
+    instead of scipy. Weighted toward recall: datasketch's default weighs both equally and misses a quarter of the
+    pairs at J=0.9 for threshold 0.85, while here a false candidate only costs one signature comparison."""
+    below, above = np.linspace(0.0, threshold, 2001), np.linspace(threshold, 1.0, 2001)
+    false_weight, miss_weight = LSH_WEIGHTS
+    best, choice = float("inf"), (0, 0)
+    for bands in range(1, num_perm + 1):
+        for rows in range(1, num_perm // bands + 1):
+            false_candidates = np.trapezoid(1 - (1 - below ** rows) ** bands, below)
+            misses = np.trapezoid((1 - above ** rows) ** bands, above)
+            error = false_candidates * false_weight + misses * miss_weight
+            if error < best:
+                best, choice = error, (bands, rows)
+    return choice
 
 
 def has_signature(signatures, rows=65_536):

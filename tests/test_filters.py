@@ -1,15 +1,18 @@
 """Automatic filters: each rule flags a bad case and leaves a clean one alone; near-duplicates across a corpus."""
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from datasketch import MinHash
+from datasketch import MinHash, MinHashLSH
+from django.conf import settings
 
 from collection.filters import (
     MINHASH_PERM, RULES, check_dialogue, filter_counts, flag_dialogue, flag_near_duplicates, minhash_bytes,
     minhash_signatures, near_duplicate_groups,
 )
-from collection.filters import _shingle_hashes
+from collection.filters import LSH_WEIGHTS, _minhash_permutations, _shingle_hashes, lsh_bands
 from collection.models import Dialogue, DialogueFlag
 from tests.factories import DEFAULT_TURNS, make_dialogue, make_seed_set, make_seeds
 
@@ -198,6 +201,30 @@ def test_it_computes_the_same_minhash_as_datasketch():
         reference = MinHash(num_perm=64, seed=1, scheme="affine32", hashfunc=int)
         reference.update_batch([int(h) for h in _shingle_hashes(text)])
         assert np.array_equal(reference.hashvalues, signature)
+
+
+@pytest.mark.parametrize("num_perm", [16, 128, 300])
+def test_it_draws_the_permutations_datasketch_draws(num_perm):
+    a, b = _minhash_permutations(num_perm)
+    reference = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+    assert np.array_equal(a, reference[0]) and np.array_equal(b, reference[1])
+
+
+@pytest.mark.parametrize("num_perm", [64, 128])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95])
+def test_it_picks_the_lsh_bands_datasketch_picks(num_perm, threshold):
+    reference = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+    assert lsh_bands(threshold, num_perm) == (reference.b, reference.r)
+
+
+def test_it_does_not_import_datasketch_or_scipy_to_find_near_duplicates():
+    # datasketch's package imports scipy: 64 MB in every worker, a fifth of the export's memory budget.
+    code = ("import sys; from collection.filters import near_duplicate_groups; "
+            "near_duplicate_groups([(1, 'a b c d e'), (2, 'a b c d e')]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('datasketch', 'scipy')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=settings.BASE_DIR)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.django_db
