@@ -3,6 +3,8 @@
 No DATABASE_URL: the embedded default (SQLite under var/, Celery tasks run in-process).
 With DATABASE_URL and CELERY_BROKER_URL: Postgres and Redis, workers per queue.
 """
+import importlib.util
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -147,11 +149,23 @@ STORAGES = {
 }
 ARTIFACT_S3_BUCKET = env.text("BAIZE_ARTIFACT_S3_BUCKET")
 if ARTIFACT_S3_BUCKET:
-    # Any S3-compatible store (AWS, MinIO, R2) through django-storages; credentials from the usual AWS_* variables.
+    # Any S3-compatible store (AWS, MinIO, R2) through django-storages; boto3 reads the credentials from the usual
+    # AWS_* variables. Checked here: django-storages would only fail at the first upload or download.
+    if importlib.util.find_spec("boto3") is None:
+        raise ImproperlyConfigured("BAIZE_ARTIFACT_S3_BUCKET is set but boto3 is not installed: "
+                                   "pip install -r requirements.txt.")
     STORAGES["default"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {"bucket_name": ARTIFACT_S3_BUCKET, "endpoint_url": env.text("BAIZE_ARTIFACT_S3_ENDPOINT") or None},
+        "OPTIONS": {
+            "bucket_name": ARTIFACT_S3_BUCKET,
+            "endpoint_url": env.url("BAIZE_ARTIFACT_S3_ENDPOINT", schemes={"http", "https"}) or None,
+            # Like the local folder: a second upload of the same name gets a new name, never replaces the first.
+            "file_overwrite": False,
+        },
     }
+# pyarrow (Parquet readers, the Hugging Face export) allocates through the system allocator, which hands freed
+# memory back; its default (jemalloc) keeps it cached, about 35 MB more peak memory in a million-row export.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 MAX_UPLOAD_MB = env.integer("MAX_UPLOAD_MB", 512, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
