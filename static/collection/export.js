@@ -16,7 +16,8 @@
         state.textContent = data.status;
         state.className = "status " + data.status;
         if (bar && data.total) { bar.max = data.total; bar.value = data.progress; }
-        if (label) label.textContent = data.progress + " of " + data.total + " dialogues written" + (data.total ? "" : " (planning)");
+        if (label) label.textContent = data.progress + (data.total ? " of " + data.total : "") + " dialogues processed" +
+          (data.total ? "" : " (counting the selection)");
         window.setTimeout(poll, 1000);
       })
       .catch(function () { window.setTimeout(poll, 5000); });
