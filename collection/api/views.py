@@ -13,7 +13,6 @@ import posixpath
 from django.core.files.storage import default_storage
 from django.db.models import Count, IntegerField, OuterRef, Prefetch, Subquery, Value
 from django.db.models.functions import Coalesce
-from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import get_valid_filename
 from django_filters.rest_framework import DjangoFilterBackend
@@ -29,7 +28,7 @@ from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
-from rest_framework.exceptions import APIException, NotAuthenticated, ValidationError
+from rest_framework.exceptions import APIException, NotAuthenticated, NotFound, ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -43,6 +42,7 @@ from collection import services
 from collection.api import filters
 from collection.api import serializers as s
 from collection.api.permissions import ReviewerReadsAdminWrites
+from collection.artifacts import download_response
 from collection.exporting import ExportError, export_start
 from collection.models import (
     Dialogue,
@@ -514,5 +514,7 @@ class ExportViewSet(ReviewerAPI, mixins.ListModelMixin, mixins.CreateModelMixin,
         export = self.get_object()
         if export.status != "succeeded" or not export.path:
             raise Conflict(f"Export {export.pk} is {export.status}; the file is there once it has succeeded.")
-        handle = default_storage.open(export.path, "rb")
-        return FileResponse(handle, as_attachment=True, filename=os.path.basename(export.path))
+        try:
+            return download_response(export.path, filename=os.path.basename(export.path))
+        except FileNotFoundError:
+            raise NotFound(f"Export {export.pk}'s file is no longer in artifact storage.") from None

@@ -10,13 +10,14 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.files.storage import default_storage
 from django.db.models import Count
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods
 
 from baize_eval.roles import REVIEWER, role_required
 from collection import formats
+from collection.artifacts import download_response
 from collection.corpus_import import CorpusImportError, corpus_import_start
 from collection.exporting import DEFAULT_OPTIONS, ExportError, export_spec_clean, export_start
 from collection.filters import RULES
@@ -189,10 +190,9 @@ def export_download(request, export_id):
     export = get_object_or_404(Export, pk=export_id)
     if export.status == "succeeded" and export.path:
         try:
-            handle = default_storage.open(export.path, "rb")
+            return download_response(export.path, filename=os.path.basename(export.path))
         except FileNotFoundError:
             raise Http404("The export's file is no longer in artifact storage.") from None
-        return FileResponse(handle, as_attachment=True, filename=os.path.basename(export.path))
     raise Http404(f"Export {export.pk} is {export.status}; its file can be downloaded once it has succeeded.")
 
 
