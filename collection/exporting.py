@@ -757,13 +757,14 @@ def _digest(path):
 
 
 def _temp_root():
-    """Temporary files next to local artifact storage, so the finished file is moved, not copied."""
-    location = getattr(default_storage, "location", None)
-    if location:
-        root = Path(location) / "tmp"
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            return root
-        except OSError:
-            pass
-    return None
+    """Temporary files next to local artifact storage, so the finished file is moved, not copied; the system's
+    temporary folder for a remote store (S3), which has no local path."""
+    try:
+        root = Path(default_storage.path("tmp"))
+    except NotImplementedError:
+        return None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    except OSError:
+        return None

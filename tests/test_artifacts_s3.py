@@ -97,7 +97,7 @@ def done_export(bucket, db):
     make_dialogue(garden, topic="Ferns", status="approved",
                   turns=[{"role": "human", "text": "When should I repot a fern?"}, {"role": "ai", "text": "Spring."}])
     make_dialogue(garden, topic="Moss", status="undecided")
-    export = export_execute(export_start(fmt="openai", spec={"dedupe": False}, enqueue=False).pk)
+    export = export_execute(export_start(fmt="openai", spec={"dedupe": False, "shuffle": False}, enqueue=False).pk)
     assert export.status == "succeeded", export.error
     return export
 
