@@ -9,8 +9,8 @@ pass does after every run and import (collection.filters.dialogue_signatures; mi
   - copy:   psql COPY (SELECT id, topic, turns FROM the dialogues the export picks, ORDER BY id) TO STDOUT into a
             file: the floor for reading those rows out of Postgres;
   - export: export_execute in a fresh child process (as the Celery worker runs it), once per variant: the
-            default (shuffled, near-duplicates collapsed), shuffled without the collapse, id order, with a
-            validation split. Peak memory is the child's max RSS.
+            default (shuffled, near-duplicates collapsed), shuffled without the collapse, id order, plain (id
+            order without the collapse: the COPY's rows in the COPY's order), with a validation split. Peak memory is the child's max RSS.
 Targets (issue 3): time <= 2x copy, peak memory < 300 MB at N = 1,000,000.
 The rows are deleted at the end unless --keep (a later run with the same N reuses kept rows).
 """
@@ -46,6 +46,7 @@ VARIANTS = {
     "default": {},
     "no-dedupe": {"dedupe": False},
     "id-order": {"shuffle": False},
+    "plain": {"shuffle": False, "dedupe": False},  # what the COPY does: the same rows, in id order
     "split-0.1": {"val_fraction": 0.1},
 }
 
