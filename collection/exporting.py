@@ -4,24 +4,27 @@ What a user gets: `export_start` records an Export (its spec: the review queue's
 queues it; `export_execute` writes the file into artifact storage with its sha256, counts and progress on the row.
 Options (all recorded in the spec, with their defaults):
   status "approved"; include_flagged False (flagged dialogues are left out); dedupe True (near-duplicates collapsed
-  to the lowest id, collection.filters.near_duplicate_groups); val_fraction 0 (share of seeds in the validation
-  split: split by a hash of the seed text, or the topic without a seed, so no seed is on both sides); shuffle True
-  with shuffle_seed 0 (order by a hash of (shuffle_seed, id)).
+  to the lowest id, estimated Jaccard >= dedupe_threshold 0.85, from the MinHash signatures the corpus pass stores
+  on each dialogue); val_fraction 0 (share of seeds in the validation split: split by a hash of the seed text, or
+  the topic without a seed, so no seed is on both sides); shuffle True with shuffle_seed 0 (order by a hash of
+  (shuffle_seed, id)).
 The same spec on unchanged data gives a byte-identical file.
 
 Artifacts: one file for Baize JSON / OpenAI JSONL / ShareGPT JSONL; a .zip of train + validation files when
 val_fraction > 0; for the Hugging Face format a .zip holding dataset/ (datasets.load_from_disk: a DatasetDict with
 "train" and, when split, "validation") and parquet/<split>.parquet, columns id, topic, messages, seed_set, source,
-split.
+split (collection.export_hf).
 
-How it runs, with flat memory (1,000,000 dialogues under 300 MB, bench/export.py):
-  1. count: one aggregate query (matched, flagged, without turns); with dedupe, one streamed pass over the texts
-     finds the near-duplicates to leave out (a set of ids).
-  2. read: the rows are read once, in id order, in keyset pages (like COPY, no random access), the next page by a
+How it runs, with flat memory (bench/export.py, BENCHMARKS.md: 1,000,000 dialogues in 118-266 MB):
+  1. read: the rows are read once, in id order, in keyset pages (like COPY, no random access), the next page by a
      helper thread while this one is rendered (collection.formats); each row's split comes from a hash of its
-     seed text (or topic), its shuffled place from a hash of (shuffle_seed, id).
-  3. write: in id order straight to the file(s); shuffled, through a spool of bucket files on local disk (ranges
-     of the shuffle hash), replayed bucket by bucket in order. The sha256 is computed as the file is written.
+     seed text (or topic), its shuffled place from a hash of (shuffle_seed, id). Another thread counts the
+     selection meanwhile (matched, flagged, without turns) for the progress bar and the record.
+  2. near-duplicates: each row's LSH band keys are kept as it is read (from its stored signature); once all are
+     read, rows sharing a band are confirmed against their full signatures and all but the lowest id left out.
+  3. write: in id order straight to the file(s) when nothing is shuffled or collapsed; else through a spool on
+     local disk (bucket files, ranges of the shuffle hash), replayed bucket by bucket in output order without the
+     near-duplicates. The sha256 is computed as the file is written, on a helper thread.
 Counts are taken when the export starts; a dialogue reviewed while it runs is exported as the read finds it.
 """
 import contextlib
