@@ -64,8 +64,8 @@ from collection.selection import SelectionError, clean_spec, select_dialogues
 log = logging.getLogger(__name__)
 
 STREAM_CHUNK = 2000  # rows per keyset page
-# The shuffle spool: 2**SPOOL_BUCKET_BITS bucket files, so replaying one bucket holds 1/256 of the export (about
-# 5 MB at a million dialogues of ~1.3 KB; 50 MB at ten million).
+# The shuffle spool: 2**SPOOL_BUCKET_BITS buckets, so replaying one bucket holds 1/256 of the export (about 5 MB at
+# a million dialogues of ~1.3 KB; 50 MB at ten million).
 SPOOL_BUCKET_BITS = 8
 PROGRESS_SECONDS = 1.0
 DEFAULT_OPTIONS = {
@@ -387,7 +387,7 @@ def _write(export, workdir):
         fields.append("minhash")
     queryset = _candidates(spec).annotate(turns_text=Cast("turns", output_field=TextField())).values_list(*fields)
     signatures = _Signatures(spec["dedupe_threshold"]) if spec["dedupe"] else None
-    spool = _Spool(workdir / "spool", ordered=not spec["shuffle"]) if spec["shuffle"] or signatures else None
+    spool = _Spool(workdir / "spool.bin", ordered=not spec["shuffle"]) if spec["shuffle"] or signatures else None
     seed_mix = (spec["shuffle_seed"] * 0x9E3779B97F4A7C15) & _MASK64
     seen = 0
     next_report = time.monotonic() + PROGRESS_SECONDS
@@ -509,21 +509,27 @@ class _Signatures:
 
 class _Spool:
     """Puts rendered rows into their output order without holding them in memory, and leaves out the rows found
-    to be near-duplicates once all are read. Shuffled: each row is appended to the bucket file its shuffle key
-    falls in (buckets are ranges of the 64-bit key, so they fill evenly); each bucket (a bounded slice of the
-    output) is then read, sorted by key and written. In id order (`ordered`): one file, read back in slices.
-    Two sequential passes over local disk instead of one random database read per row. Per row, memory keeps its
-    key, id, length and split: 21 bytes."""
+    to be near-duplicates once all are read. Shuffled: each row goes to the bucket its shuffle key falls in
+    (buckets are ranges of the 64-bit key, so they fill evenly); then each bucket (a bounded slice of the output)
+    is read back, sorted by key and written. In id order (`ordered`): one bucket, read back in slices. Two
+    sequential passes over local disk instead of one random database read per row.
 
-    REPLAY_ROWS = 3_000  # rows per slice when replaying the ordered file (a shuffled bucket holds about as many)
+    All buckets share one file (one descriptor, however many exports a worker runs at once): a bucket's rows are
+    gathered in a small buffer and appended to the file a CHUNK at a time, and the bucket notes where its chunks
+    are. Per row, memory keeps its key, id, length and split: 21 bytes; the buffers hold at most 16 MB."""
 
-    def __init__(self, folder, *, ordered=False):
-        folder.mkdir()
+    CHUNK = 1 << 16
+    REPLAY_ROWS = 3_000  # rows per slice when replaying in id order (a shuffled bucket holds about as many)
+
+    def __init__(self, path, *, ordered=False):
+        self.file = open(path, "w+b")
         # 2**bits buckets: the top bits of the key pick one.
         self.bits = 0 if ordered else SPOOL_BUCKET_BITS
         self.ordered = ordered
         count = 1 << self.bits
-        self.files = [open(folder / f"{n:05d}.bin", "wb", buffering=1 << 14) for n in range(count)]
+        self.buffers = [bytearray() for _ in range(count)]
+        self.chunks = [array("q") for _ in range(count)]  # (offset, length) pairs in the file
+        self.size = 0
         self.keys = [array("Q") for _ in range(count)]
         self.ids = [array("q") for _ in range(count)]
         self.lengths = [array("I") for _ in range(count)]
@@ -541,46 +547,56 @@ class _Spool:
         for rows in runs:
             bucket = int(keys[rows[0]] >> np.uint64(64 - self.bits)) if self.bits else 0
             chosen = [pieces[i] for i in rows.tolist()]
-            self.files[bucket].write(b"".join(chosen))
+            self.buffers[bucket] += b"".join(chosen)
+            if len(self.buffers[bucket]) >= self.CHUNK:
+                self._flush(bucket)
             self.keys[bucket].frombytes(keys[rows].tobytes())
             self.ids[bucket].frombytes(ids[rows].tobytes())
             self.lengths[bucket].extend(map(len, chosen))
             self.flags[bucket] += flags[rows].tobytes()
 
+    def _flush(self, bucket):
+        buffer = self.buffers[bucket]
+        if buffer:
+            self.file.write(buffer)
+            self.chunks[bucket].extend((self.size, len(buffer)))
+            self.size += len(buffer)
+            buffer.clear()
+
     def replay(self, skip):
         """(split flags, pieces) runs in output order (by key, and by id for equal keys), without the ids in `skip`
         (sorted)."""
-        for number, handle in enumerate(self.files):
-            handle.close()
-            path = Path(handle.name)
-            keys, ids, lengths, flags = (np.frombuffer(column[number], dtype=dtype) for column, dtype in (
+        for bucket in range(len(self.buffers)):
+            self._flush(bucket)
+        self.file.flush()
+        for bucket in range(len(self.buffers)):
+            keys, ids, lengths, flags = (np.frombuffer(column[bucket], dtype=dtype) for column, dtype in (
                 (self.keys, np.uint64), (self.ids, np.int64), (self.lengths, np.uint32), (self.flags, np.uint8)))
-            self.keys[number] = self.ids[number] = self.lengths[number] = self.flags[number] = None
+            self.keys[bucket] = self.ids[bucket] = self.lengths[bucket] = self.flags[bucket] = None
             sizes = lengths.astype(np.int64)
             starts = np.cumsum(sizes) - sizes
+            chunks = np.frombuffer(self.chunks[bucket], dtype=np.int64).reshape(-1, 2).tolist()
             if self.ordered:
-                yield from self._replay_in_slices(path, ids, flags, starts, sizes, skip)
+                yield from self._replay_in_slices(chunks, ids, flags, starts, sizes, skip)
             elif len(ids):
                 order = np.argsort(keys, kind="stable")
                 order = order[~np.isin(ids[order], skip, assume_unique=True)] if len(skip) else order
-                blob = memoryview(path.read_bytes())
+                blob = memoryview(b"".join(os.pread(self.file.fileno(), length, offset) for offset, length in chunks))
                 yield flags[order], [blob[a:a + n] for a, n in zip(starts[order].tolist(), sizes[order].tolist())]
                 del blob
-            path.unlink()
 
-    def _replay_in_slices(self, path, ids, flags, starts, sizes, skip):
-        with open(path, "rb") as handle:
-            for begin in range(0, len(ids), self.REPLAY_ROWS):
-                rows = np.arange(begin, min(begin + self.REPLAY_ROWS, len(ids)))
-                blob = memoryview(handle.read(int(sizes[rows].sum())))
-                offsets = (starts[rows] - starts[begin]).tolist()
-                keep = np.flatnonzero(~np.isin(ids[rows], skip, assume_unique=True)) if len(skip) else np.arange(
-                    len(rows))
-                yield flags[rows][keep], [blob[offsets[i]:offsets[i] + int(sizes[begin + i])] for i in keep.tolist()]
+    def _replay_in_slices(self, chunks, ids, flags, starts, sizes, skip):
+        # The only bucket's chunks lie one after another from the start of the file.
+        self.file.seek(chunks[0][0] if chunks else 0)
+        for begin in range(0, len(ids), self.REPLAY_ROWS):
+            rows = np.arange(begin, min(begin + self.REPLAY_ROWS, len(ids)))
+            blob = memoryview(self.file.read(int(sizes[rows].sum())))
+            offsets = (starts[rows] - starts[begin]).tolist()
+            keep = np.flatnonzero(~np.isin(ids[rows], skip, assume_unique=True)) if len(skip) else np.arange(len(rows))
+            yield flags[rows][keep], [blob[offsets[i]:offsets[i] + int(sizes[begin + i])] for i in keep.tolist()]
 
     def close(self):
-        for handle in self.files:
-            handle.close()
+        self.file.close()
 
 
 class _TextSink:

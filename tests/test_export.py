@@ -123,15 +123,34 @@ def test_it_gives_the_same_file_whatever_the_page_and_bucket_sizes(artifacts, db
     make_dialogue(seed_set, turns=turns_for(99), status="rejected")  # inside the id range, not selected
     spec = {"val_fraction": 0.3, "shuffle_seed": 11, "dedupe": False}
     big = artifact_bytes(run_export(fmt="baize", **spec))
-    # Many keyset pages and few spool buckets (instead of one page and many buckets) must not change a byte.
+    # Many keyset pages, few spool buckets of many small chunks (instead of one page and many buckets of one
+    # chunk each) must not change a byte.
     monkeypatch.setattr(exporting, "STREAM_CHUNK", 7)
     monkeypatch.setattr(exporting, "SPOOL_BUCKET_BITS", 2)
+    monkeypatch.setattr(exporting._Spool, "CHUNK", 100)
     small = run_export(fmt="baize", **spec)
     assert artifact_bytes(small) == big
     assert small.counts["written"] == 60
     with zipfile.ZipFile(io.BytesIO(big)) as zf:
         topics = [r["topic"] for split in ("train", "validation") for r in json.loads(zf.read(f"{split}.json"))]
     assert sorted(topics) == sorted(f"t{i % 25}" for i in range(60)) and topics != sorted(topics)
+
+
+def test_it_replays_the_id_order_spool_in_slices_without_the_near_duplicates(artifacts, db, monkeypatch):
+    from collection import exporting
+
+    seed_set = make_seed_set()
+    for i in range(30):
+        make_dialogue(seed_set, turns=turns_for(i - 1 if i % 3 == 2 else i), status="approved")  # every third a copy
+    whole = run_export(shuffle=False)
+    assert whole.counts["collapsed_near_duplicates"] == 10 and whole.counts["written"] == 20
+    monkeypatch.setattr(exporting, "STREAM_CHUNK", 4)
+    monkeypatch.setattr(exporting._Spool, "CHUNK", 50)
+    monkeypatch.setattr(exporting._Spool, "REPLAY_ROWS", 3)
+    sliced = run_export(shuffle=False)
+    assert artifact_bytes(sliced) == artifact_bytes(whole)
+    kept = [formats.openai_record(turns=turns_for(i))["messages"] for i in range(30) if i % 3 != 2]
+    assert [r["messages"] for r in jsonl(artifact_bytes(sliced))] == kept
 
 
 @pytest.mark.django_db(transaction=True)
