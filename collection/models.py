@@ -215,6 +215,9 @@ class GenerationRun(Job):
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     calls = models.PositiveIntegerField(default=0)
+    # Of those calls, the ones the server answered without usage (llm.Call.usage_estimated): their tokens and cost
+    # in these totals are estimates. A counter, so the progress polled every 2 s never counts the ledger.
+    estimated_calls = models.PositiveIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal("0"))

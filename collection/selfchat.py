@@ -456,6 +456,7 @@ class Driver:
             if calls:
                 changes.update(
                     calls=F("calls") + len(calls),
+                    estimated_calls=F("estimated_calls") + sum(c.usage_estimated for _, c in calls),
                     prompt_tokens=F("prompt_tokens") + sum(c.prompt_tokens for _, c in calls),
                     completion_tokens=F("completion_tokens") + sum(c.completion_tokens for _, c in calls),
                     cost_usd=F("cost_usd") + sum((c.cost_usd for _, c in calls), Decimal("0")),

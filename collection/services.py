@@ -226,7 +226,8 @@ def _requeue(run_id):
 
 def generation_run_progress(run):
     """Live progress from the run row (counters) and the in-flight items: done, failed, in flight, pending, tokens,
-    cost, rate (seeds/s), ETA (s), filter counts. Cheap enough to poll every 2 s on a million-seed run."""
+    cost (and how many calls had estimated usage), rate (seeds/s), ETA (s), filter counts. Cheap enough to poll
+    every 2 s on a million-seed run."""
     from collection import filters
 
     run.refresh_from_db()
@@ -242,8 +243,9 @@ def generation_run_progress(run):
     return {
         "id": run.pk, "status": run.status, "is_finished": run.is_finished, "error": run.error,
         "total": run.items_total, "done": run.done, "failed": run.failed, "in_flight": in_flight,
-        "pending": pending, "calls": run.calls, "prompt_tokens": run.prompt_tokens,
-        "completion_tokens": run.completion_tokens, "tokens": run.total_tokens, "cost_usd": format(run.cost_usd, "f"),
+        "pending": pending, "calls": run.calls, "estimated_calls": run.estimated_calls,
+        "prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens, "tokens": run.total_tokens,
+        "cost_usd": format(run.cost_usd, "f"),
         "budget_usd": format(run.budget_usd, "f") if run.budget_usd is not None else None,
         "budget_tokens": run.budget_tokens, "budget_exhausted": run.budget_exhausted,
         "rate_per_s": round(rate, 3), "eta_seconds": eta, "elapsed_seconds": round(elapsed, 1),

@@ -3,11 +3,12 @@
 Every test checks the run's accounting: each seed ends with exactly one dialogue or a recorded failure (or stays
 pending when the budget stopped the run), and the run's usage and cost equal the sum over its ledger calls.
 """
+import math
 import time
 from decimal import Decimal
 
 import pytest
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 
 from baize_eval.llm.models import Call
 from collection.models import Dialogue, DialogueFlag, GenerationItem, GenerationRun
@@ -67,8 +68,9 @@ def assert_accounted(run, *, allow_pending=False):
     assert run.failed == failed.count()
     assert all(item.error for item in failed)
     totals = ledger(run).aggregate(p=Sum("prompt_tokens"), c=Sum("completion_tokens"), cost=Sum("cost_usd"),
-                                   n=Count("id"))
+                                   n=Count("id"), estimated=Count("id", filter=Q(usage_estimated=True)))
     assert (run.prompt_tokens, run.completion_tokens, run.calls) == (totals["p"] or 0, totals["c"] or 0, totals["n"])
+    assert run.estimated_calls == totals["estimated"]
     assert run.cost_usd == (totals["cost"] or 0)
     expected_cost = (Decimal(run.prompt_tokens) * PROMPT_PRICE + Decimal(run.completion_tokens) * COMPLETION_PRICE) \
         / Decimal(1_000_000)
@@ -119,6 +121,42 @@ def test_it_retries_rate_limits_server_errors_timeouts_and_malformed_bodies(cele
     assert errors.count() == 5
     assert {e.error.split(":")[0] for e in errors} >= {"HTTP 429", "HTTP 500", "HTTP 503", "malformed response"}
     assert_matches_server(run, fake_openai)
+
+
+def test_it_finishes_against_a_server_that_omits_usage_with_estimates_and_says_so(celery_worker, fake_openai,
+                                                                                  as_reviewer):
+    fake_openai.script = lambda request, index: Reply(text=selfchat_script(request, index).text, usage=False)
+    fake_openai.queue(Reply(status=500))  # and one that does count: a retry with no usage still settles the seed
+    run = start_run(fake_openai, seeds=12, concurrency=4)
+    run = wait_finished(run, celery_worker)
+    assert run.status == "succeeded", run.error
+    run = assert_accounted(run)  # priced from the estimates like real counts
+    assert run.done == 12 and run.failed == 0
+    assert run.calls == 13 and run.estimated_calls == 12  # the 500 is in the ledger, with no tokens to estimate
+    assert ledger(run).filter(outcome="error", usage_estimated=False).count() == 1
+    for dialogue in Dialogue.objects.filter(run=run):
+        [call] = dialogue.generation["calls"]
+        [message] = dialogue.generation["prompts"][0]["messages"]
+        assert call["usage_estimated"] is True
+        # 4 characters a token, rounded up, of the prompt and of the answer.
+        assert dialogue.prompt_tokens == call["prompt_tokens"] == math.ceil(len(message["content"]) / 4)
+        assert dialogue.completion_tokens == call["completion_tokens"] == math.ceil(len(dialogue.raw_output) / 4)
+        assert len(dialogue.turns) == 6
+    assert run.prompt_tokens > 0 and run.cost_usd > 0
+    assert as_reviewer.get(f"/runs/{run.pk}/progress.json").json()["estimated_calls"] == 12
+    page = as_reviewer.get(f"/runs/{run.pk}/").content.decode()
+    assert "12 calls had no usage from the server: their tokens and cost are estimated, 4 characters a token." in page
+
+
+def test_it_stops_at_the_token_budget_on_estimates_when_the_server_omits_usage(celery_worker, fake_openai):
+    fake_openai.script = lambda request, index: Reply(text=selfchat_script(request, index).text, usage=False)
+    run = start_run(fake_openai, seeds=40, concurrency=2, budget_tokens=1000)
+    run = wait_finished(run, celery_worker)
+    run = assert_accounted(run, allow_pending=True)
+    assert run.status == "succeeded" and run.budget_exhausted
+    assert run.estimated_calls == run.calls > 0
+    assert run.total_tokens >= 1000  # 0-token calls would never have reached it
+    assert GenerationItem.objects.filter(run=run, status="pending").exists()
 
 
 def test_it_records_a_seed_that_still_fails_and_retries_it_later(celery_worker, fake_openai):

@@ -1,6 +1,7 @@
-"""The LLM client against the local OpenAI-protocol server: retries, Retry-After, the usage ledger and its cost,
-key scrubbing, and requests/min limits shared through Redis."""
+"""The LLM client against the local OpenAI-protocol server: retries, Retry-After, the usage ledger and its cost
+(estimated when the server sends no usage), key scrubbing, and requests/min limits shared through Redis."""
 import asyncio
+import json
 import logging
 import time
 from decimal import Decimal
@@ -52,6 +53,43 @@ def test_it_prices_calls_from_the_price_table_and_costs_nothing_without_a_price(
     expected = (Decimal(priced.prompt_tokens) * 3 + Decimal(priced.completion_tokens) * 15) / 1_000_000
     assert priced.priced and priced.cost_usd == expected
     assert Call.objects.get(pk=priced.call_id).cost_usd == expected
+
+
+def test_it_estimates_usage_at_four_characters_a_token_when_the_server_sends_none(fake_openai):
+    make_price("fake-model", prompt="3.00", completion="15.00")
+    endpoint = make_endpoint(fake_openai.base_url)
+    # 9 + 31 = 40 characters of prompt: 10 tokens (a rounding per message would say 11); the answer's 39
+    # characters: 10 tokens, rounded up. The server's own count (whitespace words) would be 8 and 8.
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Tell me about the topic: 'mint'"}]
+    fake_openai.queue(Reply(text="Basil likes sun, water and a warm sill.", usage=False))
+    result = call(endpoint, messages=messages)
+    assert result.attempts == 1 and result.text == "Basil likes sun, water and a warm sill."
+    assert result.usage_estimated and (result.prompt_tokens, result.completion_tokens) == (10, 10)
+    expected = (Decimal(10) * 3 + Decimal(10) * 15) / 1_000_000
+    assert result.cost_usd == expected and result.usage()["usage_estimated"] is True
+    row = Call.objects.get(pk=result.call_id)
+    assert (row.outcome, row.usage_estimated, row.prompt_tokens, row.completion_tokens) == ("ok", True, 10, 10)
+    assert row.cost_usd == expected
+    # A server that sends usage is taken at its word.
+    fake_openai.queue(Reply(text="Basil likes sun, water and a warm sill."))
+    counted = call(endpoint, messages=messages)
+    assert not counted.usage_estimated and (counted.prompt_tokens, counted.completion_tokens) == (8, 8)
+    assert not Call.objects.get(pk=counted.call_id).usage_estimated
+    assert Call.objects.filter(outcome="error").count() == 0
+
+
+def test_it_estimates_usage_that_is_not_a_pair_of_counts(fake_openai):
+    endpoint = make_endpoint(fake_openai.base_url)
+    body = {"id": "x", "object": "chat.completion", "model": "fake-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Twelve chars"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": -3, "completion_tokens": "12"}}
+    fake_openai.queue(Reply(body=json.dumps(body)))
+    result = call(endpoint)  # MESSAGES: 32 characters
+    assert result.attempts == 1 and result.usage_estimated
+    assert (result.prompt_tokens, result.completion_tokens) == (8, 3)
+    assert Call.objects.get(pk=result.call_id).usage_estimated
 
 
 def test_it_honors_retry_after_and_retry_after_ms(fake_openai):

@@ -131,6 +131,15 @@ def test_it_shows_progress_failed_seeds_and_settings_escaped(run, as_reviewer):
     assert 'id="no-price"' not in as_reviewer.get(f"/runs/{run.pk}/").content.decode()
 
 
+def test_it_says_when_calls_had_estimated_usage(run, as_reviewer):
+    assert 'id="usage-estimated"' not in as_reviewer.get(f"/runs/{run.pk}/").content.decode()
+    assert as_reviewer.get(f"/runs/{run.pk}/progress.json").json()["estimated_calls"] == 0
+    GenerationRun.objects.filter(pk=run.pk).update(calls=3, estimated_calls=1)
+    page = as_reviewer.get(f"/runs/{run.pk}/").content.decode()
+    assert "1 call had no usage from the server: their tokens and cost are estimated, 4 characters a token." in page
+    assert as_reviewer.get(f"/runs/{run.pk}/progress.json").json()["estimated_calls"] == 1
+
+
 def test_it_never_shows_the_api_key(run, as_reviewer, monkeypatch):
     monkeypatch.setenv("BAIZE_PAGE_KEY", SECRET)
     Endpoint.objects.filter(pk=run.endpoint_id).update(api_key_env="BAIZE_PAGE_KEY")

@@ -7,6 +7,8 @@ LLM judge, remote inference), with
   - the endpoint's requests/min and tokens/min shared by all workers (baize_eval.llm.ratelimit);
   - every attempt that got a response written to the usage ledger (llm.Call), priced from llm.ModelPrice
     (a model without a price costs 0 and the result says it was unpriced);
+  - a server that sends no usage (some proxies and local servers omit it) still answers: the call's tokens are
+    estimated from the text, 4 characters a token (see estimate_usage), and the ledger row says so;
   - the API key never in logs, errors or pages: it is scrubbed from every error text.
 
 Async first (a generation run keeps dozens of requests in flight on one event loop):
@@ -42,6 +44,8 @@ MAX_MALFORMED_RETRIES = 2
 MAX_RETRY_AFTER_SECONDS = 120.0
 ERROR_TEXT_LIMIT = 1000
 COST_QUANTUM = Decimal("0.00000001")  # llm.Call.cost_usd has 8 decimal places
+# The usual rule of thumb for English text; no tokenizer is at hand for an arbitrary model behind an endpoint.
+CHARS_PER_TOKEN = 4
 _KEY_LIKE = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-*.]{6,}")
 
 
@@ -57,6 +61,7 @@ class ChatResult:
     model: str
     call_id: int | None
     priced: bool
+    usage_estimated: bool = False
 
     @property
     def total_tokens(self):
@@ -67,7 +72,7 @@ class ChatResult:
         return {
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "cost_usd": str(self.cost_usd), "latency_ms": self.latency_ms, "finish_reason": self.finish_reason,
-            "attempts": self.attempts, "call_id": self.call_id,
+            "attempts": self.attempts, "call_id": self.call_id, "usage_estimated": self.usage_estimated,
         }
 
 
@@ -180,6 +185,7 @@ class EndpointClient:
             max_retries=0, http_client=self._http,
         )
         self._prices = {}
+        self._warned_estimate = False
         # Requests in flight at once through this client (the HTTP pool is the same size).
         self._slots = asyncio.Semaphore(pool)
 
@@ -231,7 +237,7 @@ class EndpointClient:
                     completion, failure, latency_ms, reserved = await self._send(body, gate, estimate)
                     if failure is None:
                         try:
-                            text, finish_reason, (prompt_tokens, completion_tokens) = _read_completion(completion)
+                            text, finish_reason, usage = _read_completion(completion)
                         except MalformedResponse as exc:
                             failure = exc
                     if failure is not None:
@@ -243,10 +249,17 @@ class EndpointClient:
                                                error=describe_error(failure))
                         await (recorder or self._insert_call)(row)
                         raise failure
+                    usage_estimated = usage is None
+                    if usage_estimated:
+                        # Priced, budgeted and rate limited like real counts: better roughly right than free.
+                        usage = estimate_usage(messages, text)
+                        self._warn_estimated(model)
+                    prompt_tokens, completion_tokens = usage
                     # No await between the answer and the recorder's first line: a job that counts its spend
                     # there (a budget) sees every answered request before another one is sent.
                     row = self._ledger_row(ledger, price, latency_ms, outcome=Call.Outcome.OK,
-                                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                           usage_estimated=usage_estimated)
                     call_id = await (recorder or self._insert_call)(row)
                     if self.limiter.active:
                         await self.limiter.settle(reserved=reserved, used=prompt_tokens + completion_tokens)
@@ -254,6 +267,7 @@ class EndpointClient:
                         text=text, finish_reason=finish_reason, prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens, cost_usd=row["cost_usd"], latency_ms=latency_ms,
                         attempts=attempts, model=model, call_id=call_id, priced=price is not None,
+                        usage_estimated=usage_estimated,
                     )
         except (MalformedResponse, openai.OpenAIError) as exc:
             status = getattr(exc, "status_code", None)
@@ -289,16 +303,24 @@ class EndpointClient:
             scrub(describe_error(exc), self._secret)[:300], retry_state.next_action.sleep if retry_state.next_action else 0,
         )
 
+    def _warn_estimated(self, model):
+        if not self._warned_estimate:  # once per client: a run sends thousands of these
+            self._warned_estimate = True
+            logger.warning("%s: a %s completion came without usage; its tokens and cost are estimated "
+                           "(%d characters a token)", self.endpoint.name, model, CHARS_PER_TOKEN)
+
     async def _price(self, model):
         if model not in self._prices:
             self._prices[model] = await self.db.run(lambda: ModelPrice.objects.filter(model=model).first())
         return self._prices[model]
 
-    def _ledger_row(self, ledger, price, latency_ms, *, outcome, prompt_tokens=0, completion_tokens=0, error=""):
+    def _ledger_row(self, ledger, price, latency_ms, *, outcome, prompt_tokens=0, completion_tokens=0,
+                    usage_estimated=False, error=""):
         """An llm.Call row (as a dict), priced from the price table (no price: cost 0)."""
         cost = price.cost(prompt_tokens, completion_tokens) if price else Decimal("0")
         return dict(ledger, endpoint_id=self.endpoint.pk, outcome=outcome, prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens, cost_usd=cost.quantize(COST_QUANTUM), latency_ms=latency_ms,
+                    completion_tokens=completion_tokens, usage_estimated=usage_estimated,
+                    cost_usd=cost.quantize(COST_QUANTUM), latency_ms=latency_ms,
                     error=scrub(error, self._secret)[:ERROR_TEXT_LIMIT])
 
     async def _insert_call(self, row):
@@ -310,7 +332,8 @@ def _ms_since(started):
 
 
 def _read_completion(data):
-    """(text, finish_reason, (prompt_tokens, completion_tokens)) from a chat completion body, or MalformedResponse."""
+    """(text, finish_reason, (prompt_tokens, completion_tokens)) from a chat completion body, or MalformedResponse.
+    The usage is None when the body has none we can trust (missing, or not non-negative integers)."""
     if not isinstance(data, dict):
         raise MalformedResponse("the body is not a chat completion object")
     choices = data.get("choices")
@@ -324,10 +347,27 @@ def _read_completion(data):
     usage = data.get("usage")
     prompt_tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     completion_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    if not _is_count(prompt_tokens) or not _is_count(completion_tokens):
-        # Without usage we cannot account for the call; servers that omit it are misconfigured.
-        raise MalformedResponse("usage.prompt_tokens / usage.completion_tokens missing")
-    return text or "", str(choice.get("finish_reason") or ""), (prompt_tokens, completion_tokens)
+    usage = (prompt_tokens, completion_tokens) if _is_count(prompt_tokens) and _is_count(completion_tokens) else None
+    return text or "", str(choice.get("finish_reason") or ""), usage
+
+
+def estimate_usage(messages, answer):
+    """(prompt_tokens, completion_tokens) for a server that sent no usage: ceil(characters / 4) of the request
+    messages' text together, and of the answer's text. Roughly right for English; it leaves out the few tokens a
+    chat template adds per message, and code or other languages can take more tokens per character."""
+    prompt_chars = sum(len(_message_text(message)) for message in messages)
+    return _ceil_tokens(prompt_chars), _ceil_tokens(len(answer))
+
+
+def _message_text(message):
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):  # content parts: only the text parts count
+        return "".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
+    return str(content or "")
+
+
+def _ceil_tokens(chars):
+    return -(-chars // CHARS_PER_TOKEN)
 
 
 def _is_count(value):

@@ -77,6 +77,10 @@ class Call(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.OK)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(
+        default=False, help_text="The server sent no usage: the tokens, and so the cost, are estimated from the text "
+                                 "(4 characters a token).",
+    )
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal("0"))
     latency_ms = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)

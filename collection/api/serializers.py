@@ -189,7 +189,8 @@ class GenerationRunSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "status", "seed_set", "seed_set_name", "sample_size", "sample_seed", "endpoint",
                   "endpoint_name", "model", "params", "mode", "max_turns", "concurrency", "budget_usd",
                   "budget_tokens", "template", "template_name", "template_version", "language", "min_turns", "items_total", "done",
-                  "failed", "calls", "prompt_tokens", "completion_tokens", "cost_usd", "budget_exhausted", "error",
+                  "failed", "calls", "estimated_calls", "prompt_tokens", "completion_tokens", "cost_usd",
+                  "budget_exhausted", "error",
                   "created_at", "started_at", "finished_at", "heartbeat_at", "created_by"]
         read_only_fields = fields
 

@@ -15,6 +15,7 @@ from django.urls import path
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from baize_eval.celery import app
+from baize_eval.llm.client import CHARS_PER_TOKEN
 from baize_eval.llm.models import Endpoint
 from baize_eval.roles import REVIEWER, role_required
 from collection import filters, services
@@ -151,6 +152,7 @@ def run_detail(request, run_id):
         "params": json.dumps(run.params, indent=1, sort_keys=True) if run.params else "",
         "recent": run.dialogues.order_by("-id").only("id", "topic", "num_turns", "is_flagged", "parse_error")[:10],
         "budget_form": BudgetForm(initial={"budget_usd": run.budget_usd, "budget_tokens": run.budget_tokens}),
+        "chars_per_token": CHARS_PER_TOKEN,
     })
 
 
