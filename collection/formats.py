@@ -151,22 +151,12 @@ class CorpusWriter:
             self.file.write(b"[")
 
     def write(self, *, topic, turns):
-        self.write_encoded(self.encode(topic=topic, turns=turns))
+        self.write_many([self.encode(topic=topic, turns=turns)])
 
     def encode(self, *, topic, turns):
-        """One record's bytes, without separators: what write_encoded takes (the export renders rows as it reads
+        """One record's bytes, without separators: what write_many takes (the export renders rows as it reads
         them and may write them later, in shuffled order)."""
         return dumps_bytes(render_record(self.fmt, topic=topic, turns=turns))
-
-    def write_encoded(self, line):
-        """Write one record rendered by encode (bytes or a memoryview of them)."""
-        if self.fmt == BAIZE:
-            self.file.write(b",\n" if self.count else b"\n")
-            self.file.write(line)
-        else:
-            self.file.write(line)
-            self.file.write(b"\n")
-        self.count += 1
 
     def write_many(self, lines):
         """Write records rendered by encode (bytes or memoryviews), in order, with one write."""
