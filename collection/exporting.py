@@ -39,6 +39,7 @@ import threading
 import time
 import zipfile
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -277,7 +278,8 @@ def _selection_counts(spec):
 def _count_beside(export, spec):
     """Count the selection (and set the row's total for the progress bar) in a helper thread with its own
     connection while the rows are read, instead of a full pass before the read starts. Returns a function that
-    waits for the counts. Inside a transaction another connection could not see the rows: counted here."""
+    waits for the counts (and raises the count's error). Inside a transaction another connection could not see
+    the rows: counted here."""
     def count():
         counts = _selection_counts(spec)
         total = max(counts["selected"] - counts["excluded_flagged"] - counts["skipped_empty"], 0)
@@ -287,26 +289,17 @@ def _count_beside(export, spec):
     if connection.in_atomic_block:
         counts = count()
         return lambda: counts
-    result = {}
 
-    def work():
+    def count_in_thread():
         try:
-            result["counts"] = count()
-        except BaseException as error:  # noqa: BLE001 - raised by the waiting thread
-            result["error"] = error
+            return count()
         finally:
             connections.close_all()  # this thread's own connection
 
-    worker = threading.Thread(target=work, name=f"export-count-{export.pk}", daemon=True)
-    worker.start()
-
-    def wait():
-        worker.join()
-        if "error" in result:
-            raise result["error"]
-        return result["counts"]
-    return wait
-
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"export-count-{export.pk}")
+    future = executor.submit(count_in_thread)
+    executor.shutdown(wait=False)  # no more work for it: its thread ends with the count
+    return future.result
 
 def _page_stream(queryset):
     """Every row of `queryset` (a values_list starting with id), in id order, a page (list of rows) at a time."""
@@ -706,7 +699,7 @@ def _package(export, workdir, files, digests):
     base = f"baize-export-{export.pk}-{export.format}"
     if export.format != formats.HF and len(files) == 1:
         path = next(iter(files.values()))
-        return path, base + path.suffix, digests.get(path) or _digest(path)
+        return path, base + path.suffix, digests[path]
     archive = workdir / "artifact.zip"
     return archive, base + ".zip", _zip_folder(workdir / "files", archive)
 
@@ -768,11 +761,6 @@ class _LocalFile(File):
 def _store(artifact, name):
     with open(artifact, "rb") as handle:
         return default_storage.save(name, _LocalFile(handle, name=name))
-
-
-def _digest(path):
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest(), os.path.getsize(path)
 
 
 def _temp_root():
