@@ -57,7 +57,7 @@ from django.utils import timezone
 from collection import export_hf, formats
 from collection.background import read_ahead
 from collection.filters import (
-    MINHASH_PERM, band_keys, candidate_groups, has_signature, lsh_bands, minhash_bytes, similar,
+    MINHASH_PERM, band_keys, candidate_groups, dialogue_text, has_signature, lsh_bands, minhash_bytes, similar,
 )
 from collection.models import Dialogue, Export, JobStatus
 from collection.selection import SelectionError, clean_spec, select_dialogues
@@ -463,7 +463,7 @@ class _Signatures:
             values[ready] = np.frombuffer(b"".join(stored[i] for i in ready), dtype=np.uint8).reshape(-1, MINHASH_PERM)
         if len(ready) < len(page):
             missing = sorted(set(range(len(page))) - set(ready))
-            values[missing] = minhash_bytes("\n".join(t["text"] for t in orjson.loads(page[i][2])) for i in missing)
+            values[missing] = minhash_bytes(dialogue_text(orjson.loads(page[i][2])) for i in missing)
             self.computed.update((int(ids[i]), values[i].tobytes()) for i in missing)
         with_words = has_signature(values)  # a dialogue without words is never grouped
         self.id_pages.append(ids[with_words])

@@ -94,7 +94,8 @@ def _ai_text(turns):
     return "\n".join(t.get("text", "") for t in turns if isinstance(t, dict) and t.get("role") == "ai")
 
 
-def _dialogue_text(turns):
+def dialogue_text(turns):
+    """The text a dialogue's MinHash signature is taken over: its turns' text, one turn a line."""
     return "\n".join(t.get("text", "") for t in turns if isinstance(t, dict) and isinstance(t.get("text"), str))
 
 
@@ -343,8 +344,7 @@ def signature_groups(ids, signatures, *, threshold=0.85):
         kept = np.flatnonzero(has_words)
         unique_ids, first = np.unique(ids[kept], return_index=True)
         ids, signatures = unique_ids, signatures[kept[first]]
-    count, rows = lsh_bands(threshold, signatures.shape[1])
-    keys = (_band_key(signatures[:, band * rows:(band + 1) * rows]) for band in range(count))
+    keys = _band_key_columns(signatures, lsh_bands(threshold, signatures.shape[1]))
     return candidate_groups(ids, keys, lambda left, right: similar(signatures[left], signatures[right], threshold))
 
 
@@ -378,11 +378,16 @@ def band_keys(signatures, bands):
     """uint32 [texts, bands]: one hash of each LSH band's values (equal bands give equal keys). 32 bits: a million
     texts share a key by chance about a hundred times a band, each one false candidate that `similar` rejects;
     48 bytes a text at the default threshold instead of the signature's 128 (what the export holds)."""
-    count, rows = bands
-    keys = np.empty((len(signatures), count), dtype=np.uint32)
-    for band in range(count):
-        keys[:, band] = _band_key(signatures[:, band * rows:(band + 1) * rows])
+    keys = np.empty((len(signatures), bands[0]), dtype=np.uint32)
+    for band, column in enumerate(_band_key_columns(signatures, bands)):
+        keys[:, band] = column
     return keys
+
+
+def _band_key_columns(signatures, bands):
+    """Each LSH band's keys (uint64, one a text), a band at a time."""
+    count, rows = bands
+    return (_band_key(signatures[:, band * rows:(band + 1) * rows]) for band in range(count))
 
 
 def similar(left, right, threshold):
@@ -521,7 +526,7 @@ def dialogue_signatures(queryset, *, chunk_size=2000):
             pk__in=[ids[p] for p in positions]).values_list("pk", "version", "turns")}
         # A dialogue deleted meanwhile keeps "no signature": never grouped.
         found = [p for p in positions if ids[p] in current]
-        signatures[found] = minhash_bytes(_dialogue_text(current[ids[p]][1]) for p in found)
+        signatures[found] = minhash_bytes(dialogue_text(current[ids[p]][1]) for p in found)
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.executemany(update, [(signatures[p].tobytes(), ids[p], current[ids[p]][0]) for p in found])
     return np.frombuffer(ids, dtype=np.int64), signatures
