@@ -164,7 +164,7 @@ def _write(*, dialogue, actor, expected_version, action, change, reasons=(), not
         if turns is not None:
             current.set_turns(turns)
             fields.update(turns=current.turns, num_turns=current.num_turns, length_chars=current.length_chars,
-                          search_document=current.search_document, minhash=None)
+                          search_document=current.search_document, minhash=current.minhash)
         if action in DECISIONS and current.lease_holder_id == actor.pk:
             # Decided: let the queue hand it on (double review) instead of holding it until the lease expires.
             fields.update(lease_holder=None, lease_expires_at=None)
